@@ -1,0 +1,149 @@
+"""A member's KV cache over a batch, kept in step with the tokens the member should have seen.
+
+Each row has a list of ids the cache holds and the cache slots they sit in. Advancing to new target ids
+keeps the longest common prefix, masks out the rest (a crop that may differ per row), and feeds every
+missing token of every row in one forward pass (lazy sync). Chunks are right-aligned so the last position
+of every row is its newest token; positions come from counting live slots, so holes left by padding or
+crops never shift a position. When holes pile up the cache is compacted.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from transformers import DynamicCache
+
+
+@dataclass
+class FeedStats:
+    forward_passes: int = 0
+    prompt_tokens: int = 0  # prompt tokens fed (the first prefill)
+    generated_tokens: int = 0  # tokens of generated text fed, one per step or several in a catch-up
+    catchup_tokens: int = 0  # of those, tokens beyond the newest one of each row: what was missed
+    cropped_tokens: int = 0  # cache entries dropped because the member's tokenisation of the text changed
+
+
+@dataclass
+class RowState:
+    ids: list[int] = field(default_factory=list)
+    slots: list[int] = field(default_factory=list)
+    prompt_len: int = 0
+
+
+class MemberCache:
+    def __init__(self, model, device: torch.device, prompt_lengths: list[int], pad_id: int, logit_size: int):
+        self.model = model
+        self.device = device
+        self.pad_id = pad_id
+        self.logit_size = logit_size
+        self.kv = DynamicCache()  # full (not sliding) layers: slot indices must stay stable
+        self.live = torch.zeros(len(prompt_lengths), 0, dtype=torch.bool)
+        self.rows = [RowState(prompt_len=n) for n in prompt_lengths]
+        self.stats = FeedStats()
+
+    @torch.inference_mode()
+    def advance(self, targets: list[list[int]], active: list[bool]) -> torch.Tensor:
+        """Bring every row's cache to its target ids and return next-token logits [B, logit_size].
+
+        Rows that are not active keep their cache as is; their logits are meaningless.
+        """
+        chunks = []
+        for b, (row, target) in enumerate(zip(self.rows, targets)):
+            if not active[b]:
+                chunks.append([])
+                continue
+            keep = _common_prefix(row.ids, target)
+            if keep == len(target):  # nothing new (e.g. a byte this member cannot spell): re-feed the last
+                keep -= 1
+            self._crop(b, keep)
+            chunks.append(target[keep:])
+        width = max(len(c) for c in chunks)
+        rows = len(self.rows)
+        input_ids = torch.full((rows, width), self.pad_id, dtype=torch.long)
+        new_live = torch.zeros(rows, width, dtype=torch.bool)
+        positions = torch.zeros(rows, width, dtype=torch.long)
+        before = self.live.sum(dim=1)
+        for b, chunk in enumerate(chunks):
+            if chunk:
+                k = len(chunk)
+                input_ids[b, width - k :] = torch.tensor(chunk)
+                new_live[b, width - k :] = True
+                positions[b, width - k :] = before[b] + torch.arange(k)
+        start = self.live.shape[1]
+        self.live = torch.cat([self.live, new_live], dim=1)
+        out = self.model(
+            input_ids=input_ids.to(self.device),
+            attention_mask=self.live.to(self.device, torch.long),
+            position_ids=positions.to(self.device),
+            past_key_values=self.kv,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        self._record(chunks, targets, start, width)
+        self._compact_if_sparse()
+        return _fit(out.logits[:, -1, :], self.logit_size)
+
+    def _record(self, chunks, targets, start: int, width: int) -> None:
+        self.stats.forward_passes += 1
+        for b, chunk in enumerate(chunks):
+            if not chunk:
+                continue
+            row = self.rows[b]
+            first_slot = start + width - len(chunk)
+            row.slots.extend(range(first_slot, first_slot + len(chunk)))
+            old_len = len(row.ids)
+            row.ids = list(targets[b])
+            new_len = len(row.ids)
+            prompt_part = max(0, min(new_len, row.prompt_len) - old_len)
+            generated = len(chunk) - prompt_part
+            self.stats.prompt_tokens += prompt_part
+            self.stats.generated_tokens += generated
+            self.stats.catchup_tokens += max(0, generated - 1)
+
+    def _crop(self, b: int, keep: int) -> None:
+        row = self.rows[b]
+        if keep < len(row.ids):
+            self.stats.cropped_tokens += len(row.ids) - keep
+            self.live[b, row.slots[keep:]] = False
+            del row.ids[keep:], row.slots[keep:]
+
+    def _compact_if_sparse(self) -> None:
+        """Drop dead slots once they are more than a third of the cache (and worth the copy)."""
+        total = self.live.shape[1]
+        longest = int(self.live.sum(dim=1).max())
+        if total - longest < max(16, total // 3):
+            return
+        index = torch.zeros(len(self.rows), longest, dtype=torch.long)
+        live = torch.zeros(len(self.rows), longest, dtype=torch.bool)
+        for b, row in enumerate(self.rows):
+            kept = self.live[b].nonzero().squeeze(-1)
+            n = kept.numel()
+            index[b, longest - n :] = kept
+            live[b, longest - n :] = True
+            # Live slots of a row are exactly its ids' slots, in order.
+            row.slots = list(range(longest - n, longest))
+        gather = index.to(self.device)
+        for layer in self.kv.layers:
+            for name in ("keys", "values"):
+                tensor = getattr(layer, name)
+                idx = gather[:, None, :, None].expand(-1, tensor.shape[1], -1, tensor.shape[3])
+                setattr(layer, name, tensor.gather(2, idx))
+        self.live = live
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    if len(a) <= len(b) and b[: len(a)] == a:  # the usual case: the target only grew
+        return len(a)
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def _fit(logits: torch.Tensor, size: int) -> torch.Tensor:
+    """Logits over exactly the tokenizer's ids: drop padded embedding rows, or pad with -inf."""
+    if logits.shape[-1] >= size:
+        return logits[:, :size]
+    pad = logits.new_full((logits.shape[0], size - logits.shape[-1]), float("-inf"))
+    return torch.cat([logits, pad], dim=-1)

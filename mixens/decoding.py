@@ -1,0 +1,141 @@
+"""The batched generation loop: route, bring the chosen members up to date, combine, pick, repeat."""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from mixens.cache import FeedStats, MemberCache
+from mixens.members import Member
+from mixens.sampling import Sampling, pick, transformed_probs
+from mixens.strategies import MemberOutputs, StepContext, Strategy
+from mixens.transcript import make_transcript
+from mixens.vocab import SharedVocab, UnionVocab, vocab_size
+
+ROUTING_STREAM, SAMPLING_STREAM = 0, 1
+
+
+def stream_seed(seed: int, stream: int, batch: int = 0) -> int:
+    """Independent seeds for the routing draws and the token draws of each batch."""
+    return int(np.random.SeedSequence([seed, stream, batch]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+@dataclass
+class GenerationStats:
+    sequences: int = 0
+    steps: int = 0
+    tokens_generated: int = 0
+    wall_seconds: float = 0.0
+    members: dict[str, FeedStats] = field(default_factory=dict)
+
+    def add(self, other: "GenerationStats") -> None:
+        self.sequences += other.sequences
+        self.steps += other.steps
+        self.tokens_generated += other.tokens_generated
+        self.wall_seconds += other.wall_seconds
+        for name, fed in other.members.items():
+            mine = self.members.setdefault(name, FeedStats())
+            for key, value in asdict(fed).items():
+                setattr(mine, key, getattr(mine, key) + value)
+
+    @property
+    def forward_passes(self) -> int:
+        return sum(m.forward_passes for m in self.members.values())
+
+    def as_dict(self) -> dict:
+        steps = max(self.steps, 1)
+        return {
+            "sequences": self.sequences,
+            "steps": self.steps,
+            "tokens_generated": self.tokens_generated,
+            "wall_seconds": self.wall_seconds,
+            "tokens_per_second": self.tokens_generated / self.wall_seconds if self.wall_seconds else None,
+            "forward_passes": self.forward_passes,
+            "forward_passes_per_step": self.forward_passes / steps,
+            "members": {name: asdict(fed) for name, fed in self.members.items()},
+        }
+
+
+class _Distributions:
+    """Member logits -> transformed distributions in the ensemble's id space, on one device."""
+
+    def __init__(self, vocab, device: torch.device):
+        self.vocab = vocab
+        self.device = device
+        self.logits: dict[int, torch.Tensor] = {}
+        self._memo: dict = {}
+
+    def __call__(self, member: int, sampling: Sampling) -> torch.Tensor:
+        key = (member, sampling)
+        if key not in self._memo:
+            self._memo[key] = self._compute(member, sampling)
+        return self._memo[key]
+
+    def _compute(self, member: int, sampling: Sampling) -> torch.Tensor:
+        logits = self.logits[member]
+        if isinstance(self.vocab, SharedVocab):
+            return transformed_probs(logits, sampling).to(self.device)
+        # Tokens with no surface text are removed before F, so top-k counts only real candidates.
+        to_union = self.vocab.to_union(member, logits.device)
+        logits = logits.masked_fill(to_union == self.vocab.size, float("-inf"))
+        probs = transformed_probs(logits, sampling)
+        union = probs.new_zeros(probs.shape[0], self.vocab.size + 1)
+        union.scatter_add_(1, to_union.expand_as(probs), probs)
+        return union[:, : self.vocab.size].to(self.device)
+
+
+def decode_batch(
+    members: list[Member],
+    vocab: SharedVocab | UnionVocab,
+    strategy: Strategy,
+    prompts: list[str],
+    until: list[tuple[str, ...]],
+    sampling: Sampling,
+    max_new_tokens: int,
+    seed: int,
+    batch_index: int = 0,
+) -> tuple[list[str], GenerationStats]:
+    started = time.perf_counter()
+    rendered = [[m.render_prompt(p) for p in prompts] for m in members]
+    transcript = make_transcript(vocab, [m.tokenizer for m in members], rendered, until)
+    caches = []
+    for i, m in enumerate(members):
+        size = vocab.size if vocab.shared else vocab_size(m.tokenizer)
+        caches.append(MemberCache(m.model, m.device, transcript.prompt_lengths(i), _pad_id(m), size))
+    home = members[0].device
+    routing_rng = torch.Generator().manual_seed(stream_seed(seed, ROUTING_STREAM, batch_index))
+    sampling_rng = torch.Generator(device=home).manual_seed(stream_seed(seed, SAMPLING_STREAM, batch_index))
+    weights = torch.tensor([m.weight for m in members], dtype=torch.float64)
+    stats = GenerationStats(sequences=len(prompts))
+
+    for step in range(max_new_tokens):
+        active = torch.tensor([not d for d in transcript.done])
+        routing = strategy.route(StepContext(step, active, weights, routing_rng))
+        routing[~active] = 0.0
+        distributions = _Distributions(vocab, home)
+        for i in range(len(members)):
+            if routing[:, i].any():
+                distributions.logits[i] = caches[i].advance(transcript.target_ids(i), active.tolist())
+        dist = strategy.combine(MemberOutputs(distributions), routing, sampling)
+        dist[~active.to(dist.device)] = 0.0
+        dist[~active.to(dist.device), 0] = 1.0  # finished rows draw a dummy token that is ignored
+        tokens = pick(dist, sampling, sampling_rng).tolist()
+        stats.steps += 1
+        stats.tokens_generated += int(active.sum())
+        transcript.append(tokens)
+        if all(transcript.done):
+            break
+
+    stats.wall_seconds = time.perf_counter() - started
+    stats.members = {m.name: c.stats for m, c in zip(members, caches)}
+    return transcript.texts(), stats
+
+
+def _pad_id(member: Member) -> int:
+    tok = member.tokenizer
+    for candidate in (tok.pad_token_id, tok.eos_token_id, *sorted(member.eos_ids)):
+        if candidate is not None:
+            return candidate
+    return 0

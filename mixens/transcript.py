@@ -1,0 +1,130 @@
+"""The shared state of a batch being generated, and each member's view of it as token ids.
+
+With a shared vocabulary the state is the generated ids themselves. With different tokenizers it is the
+generated text as bytes, and a member's view is its own canonical tokenisation of (its prompt + that
+text): when the text grows, the member re-tokenises, keeps the longest prefix its cache already holds and
+recomputes the rest, so it never conditions on ids its tokenizer would not produce for that text.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from mixens.vocab import MemberCodec, SharedVocab, UnionVocab, split_incomplete_utf8
+
+
+class Transcript:
+    def __init__(self, rows: int, until: Sequence[Sequence[str]]):
+        self.done = [False] * rows
+        self.until = [tuple(s for s in stops if s) for stops in until]
+        self.stopped_text: list[str | None] = [None] * rows  # text cut at a stop string
+        self._checked = [0] * rows  # how far each row's text has been searched for stop strings
+
+    def target_ids(self, member: int) -> list[list[int]]:
+        raise NotImplementedError
+
+    def prompt_lengths(self, member: int) -> list[int]:
+        raise NotImplementedError
+
+    def append(self, tokens: list[int]) -> None:
+        for b, token in enumerate(tokens):
+            if self.done[b]:
+                continue
+            if self._is_eos(token):
+                self.done[b] = True
+                continue
+            self._add(b, token)
+            self._check_stops(b)
+
+    def texts(self) -> list[str]:
+        return [cut if cut is not None else self._final_text(b) for b, cut in enumerate(self.stopped_text)]
+
+    def _check_stops(self, b: int) -> None:
+        stops = self.until[b]
+        if not stops:
+            return
+        text = self._text_so_far(b)
+        start = max(0, self._checked[b] - max(len(s) for s in stops) + 1)
+        hits = [i for i in (text.find(s, start) for s in stops) if i >= 0]
+        if hits:
+            self.stopped_text[b] = text[: min(hits)]
+            self.done[b] = True
+        self._checked[b] = len(text)
+
+    def _is_eos(self, token: int) -> bool:
+        raise NotImplementedError
+
+    def _add(self, b: int, token: int) -> None:
+        raise NotImplementedError
+
+    def _text_so_far(self, b: int) -> str:
+        raise NotImplementedError
+
+    def _final_text(self, b: int) -> str:
+        raise NotImplementedError
+
+
+class TokenTranscript(Transcript):
+    """Shared vocabulary: every member sees its own prompt ids followed by the generated ids."""
+
+    def __init__(self, vocab: SharedVocab, tokenizers, prompts: list[list[tuple[str, bool]]], until):
+        super().__init__(len(prompts[0]), until)
+        self.vocab = vocab
+        self.decoder = tokenizers[0]
+        self.prompt_ids = [_tokenize(tok, member_prompts) for tok, member_prompts in zip(tokenizers, prompts)]
+        self.generated: list[list[int]] = [[] for _ in self.done]
+
+    def target_ids(self, member: int) -> list[list[int]]:
+        return [p + g for p, g in zip(self.prompt_ids[member], self.generated)]
+
+    def prompt_lengths(self, member: int) -> list[int]:
+        return [len(p) for p in self.prompt_ids[member]]
+
+    def _is_eos(self, token: int) -> bool:
+        return token in self.vocab.eos_ids
+
+    def _add(self, b: int, token: int) -> None:
+        self.generated[b].append(token)
+
+    def _text_so_far(self, b: int) -> str:
+        return self.decoder.decode(self.generated[b], skip_special_tokens=True)
+
+    _final_text = _text_so_far
+
+
+class TextTranscript(Transcript):
+    """Different tokenizers: the generated text (bytes) is the state; members re-tokenise it."""
+
+    def __init__(self, vocab: UnionVocab, tokenizers, prompts: list[list[tuple[str, bool]]], until):
+        super().__init__(len(prompts[0]), until)
+        self.vocab = vocab
+        self.codecs = [MemberCodec(tok) for tok in tokenizers]
+        self.prompts = prompts
+        self.generated: list[bytes] = [b"" for _ in self.done]
+        self._prompt_lengths = [[len(ids) for ids in _tokenize(tok, p)] for tok, p in zip(tokenizers, prompts)]
+
+    def target_ids(self, member: int) -> list[list[int]]:
+        return self.codecs[member].encode(self.prompts[member], self.generated)
+
+    def prompt_lengths(self, member: int) -> list[int]:
+        return self._prompt_lengths[member]
+
+    def _is_eos(self, token: int) -> bool:
+        return token == UnionVocab.EOS
+
+    def _add(self, b: int, token: int) -> None:
+        self.generated[b] += self.vocab.surfaces[token]
+
+    def _text_so_far(self, b: int) -> str:
+        return split_incomplete_utf8(self.generated[b])[0]
+
+    def _final_text(self, b: int) -> str:
+        return self.generated[b].decode("utf-8", errors="replace")
+
+
+def _tokenize(tokenizer, prompts: list[tuple[str, bool]]) -> list[list[int]]:
+    return [tokenizer(text, add_special_tokens=add)["input_ids"] for text, add in prompts]
+
+
+def make_transcript(vocab, tokenizers, prompts, until) -> Transcript:
+    cls = TokenTranscript if vocab.shared else TextTranscript
+    return cls(vocab, tokenizers, prompts, until)
