@@ -12,7 +12,7 @@ from mixens.members import Member
 from mixens.sampling import Sampling, pick, transformed_probs
 from mixens.strategies import MemberOutputs, StepContext, Strategy
 from mixens.transcript import make_transcript
-from mixens.vocab import SharedVocab, UnionVocab, vocab_size
+from mixens.vocab import SharedVocab, UnionVocab
 
 ROUTING_STREAM, SAMPLING_STREAM = 0, 1
 
@@ -102,7 +102,7 @@ def decode_batch(
     transcript = make_transcript(vocab, [m.tokenizer for m in members], rendered, until)
     caches = []
     for i, m in enumerate(members):
-        size = vocab.size if vocab.shared else vocab_size(m.tokenizer)
+        size = vocab.member_size(i)
         caches.append(MemberCache(m.model, m.device, transcript.prompt_lengths(i), _pad_id(m), size))
     home = members[0].device
     routing_rng = torch.Generator().manual_seed(stream_seed(seed, ROUTING_STREAM, batch_index))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from mixens.vocab import MemberCodec, SharedVocab, UnionVocab, split_incomplete_utf8
+from mixens.vocab import SharedVocab, UnionVocab, split_incomplete_utf8
 
 
 class Transcript:
@@ -97,7 +97,7 @@ class TextTranscript(Transcript):
     def __init__(self, vocab: UnionVocab, tokenizers, prompts: list[list[tuple[str, bool]]], until):
         super().__init__(len(prompts[0]), until)
         self.vocab = vocab
-        self.codecs = [MemberCodec(tok) for tok in tokenizers]
+        self.codecs = vocab.codecs
         self.prompts = prompts
         self.generated: list[bytes] = [b"" for _ in self.done]
         self._prompt_lengths = [[len(ids) for ids in _tokenize(tok, p)] for tok, p in zip(tokenizers, prompts)]

@@ -155,6 +155,9 @@ class SharedVocab:
         self.size = vocab_size(tokenizer)
         self.eos_ids = frozenset(eos_ids)
 
+    def member_size(self, member_index: int) -> int:
+        return self.size
+
     def to_union(self, member_index: int, device) -> None:
         return None
 
@@ -168,6 +171,8 @@ class UnionVocab:
     def __init__(self, tokenizers: list, eos_ids: list[set[int]]):
         index: dict[bytes, int] = {EOS_SURFACE: self.EOS}
         self.surfaces: list[bytes] = [EOS_SURFACE]
+        self.codecs = [MemberCodec(t) for t in tokenizers]
+        self._sizes = [vocab_size(t) for t in tokenizers]
         maps = []
         for tokenizer, eos in zip(tokenizers, eos_ids):
             member_map = []
@@ -193,9 +198,8 @@ class UnionVocab:
             self._on_device[key] = self._maps[member_index].to(device)
         return self._on_device[key]
 
-    def masked(self, member_index: int) -> torch.Tensor:
-        """Ids of this member that can never be sampled in the union."""
-        return self._maps[member_index] == self.size
+    def member_size(self, member_index: int) -> int:
+        return self._sizes[member_index]
 
 
 def build_alignment(tokenizers: list, eos_ids: list[set[int]]) -> SharedVocab | UnionVocab:

@@ -1,0 +1,117 @@
+"""Generation end to end on tiny models: parity with transformers, copies, seeds, stop strings, statistics."""
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import spec
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+import mixens
+
+PROMPTS = ["The capital of France is", "Question: what is 12 + 30?\nAnswer:", "Hi", "def add(a, b):"]
+
+
+@pytest.fixture(scope="module")
+def ensembles(tiny_models):
+    """Loaded once per module: strategy objects are cheap to swap, weights are not."""
+    shared = [spec(tiny_models["bpe_a"], "a", 0.6), spec(tiny_models["bpe_b"], "b", 0.4)]
+    mixed = [spec(tiny_models["bpe_a"], "a", 0.5), spec(tiny_models["sp_c"], "c", 0.5)]
+    return {
+        "shared": {s: mixens.load_ensemble(shared, s) for s in ("mixture", "averaging")},
+        "different": {s: mixens.load_ensemble(mixed, s) for s in ("mixture", "averaging")},
+    }
+
+
+@pytest.mark.parametrize("name", ["bpe_a", "sp_c"])
+def test_single_greedy_equals_transformers_generate(tiny_models, name):
+    path = tiny_models[name]
+    tok = AutoTokenizer.from_pretrained(path)
+    tok.padding_side = "left"
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    batch = tok(PROMPTS, return_tensors="pt", padding=True)
+    out = model.generate(**batch, do_sample=False, max_new_tokens=24, pad_token_id=tok.pad_token_id)
+    expected = tok.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+
+    ensemble = mixens.load_ensemble([spec(path, name)], "single")
+    result = ensemble.generate(PROMPTS, max_new_tokens=24, do_sample=False, batch_size=len(PROMPTS))
+    assert result.texts == expected
+    assert all(len(t) > 0 for t in expected)
+
+
+@pytest.mark.parametrize("strategy", ["mixture", "averaging"])
+@pytest.mark.parametrize("do_sample", [False, True])
+def test_two_copies_of_one_model_equal_that_model(tiny_models, strategy, do_sample):
+    path = tiny_models["bpe_a"]
+    alone = mixens.load_ensemble([spec(path, "a")], "single")
+    # Equal weights keep 0.5 * p + 0.5 * p bit-identical to p, so even sampled tokens must agree.
+    weights = (0.5, 0.5) if do_sample else (0.3, 0.7)
+    copies = mixens.load_ensemble([spec(path, "a1", weights[0]), spec(path, "a2", weights[1])], strategy)
+    kwargs = dict(max_new_tokens=20, do_sample=do_sample, temperature=0.8, top_k=20, seed=7)
+    expected = alone.generate(PROMPTS, **kwargs)
+    got = copies.generate(PROMPTS, **kwargs)
+    assert got.texts == expected.texts
+    if strategy == "mixture":  # both copies were drawn, so catch-up was exercised
+        assert all(m.forward_passes > 0 for m in got.stats.members.values())
+        assert sum(m.catchup_tokens for m in got.stats.members.values()) > 0
+
+
+@pytest.mark.parametrize("vocab", ["shared", "different"])
+@pytest.mark.parametrize("strategy", ["mixture", "averaging"])
+def test_same_seed_same_texts_other_seed_other_texts(ensembles, vocab, strategy):
+    ensemble = ensembles[vocab][strategy]
+    first = ensemble.generate(PROMPTS, max_new_tokens=16, seed=3).texts
+    again = ensemble.generate(PROMPTS, max_new_tokens=16, seed=3).texts
+    other = ensemble.generate(PROMPTS, max_new_tokens=16, seed=4).texts
+    assert first == again
+    assert first != other
+
+
+@pytest.mark.parametrize("vocab", ["shared", "different"])
+def test_forward_passes_per_step(ensembles, vocab):
+    mixture = ensembles[vocab]["mixture"].generate(PROMPTS, max_new_tokens=12, seed=0, batch_size=4).stats
+    averaging = ensembles[vocab]["averaging"].generate(PROMPTS, max_new_tokens=12, seed=0, batch_size=4).stats
+    assert mixture.forward_passes == mixture.steps  # one model per step
+    assert averaging.forward_passes == 2 * averaging.steps
+    assert sum(m.catchup_tokens for m in mixture.members.values()) > 0
+    assert mixture.tokens_generated > 0 and mixture.wall_seconds > 0
+    prompt_tokens = [m.prompt_tokens for m in averaging.members.values()]
+    assert all(n >= len(PROMPTS) for n in prompt_tokens)
+
+
+@pytest.mark.parametrize("vocab", ["shared", "different"])
+def test_stop_strings_cut_the_text(ensembles, vocab):
+    ensemble = ensembles[vocab]["averaging"]
+    free = ensemble.generate(PROMPTS, max_new_tokens=30, do_sample=False).texts
+    # A stop string taken from the middle of each free-running text: generation must end right before it.
+    stops = [[text[len(text) // 2 : len(text) // 2 + 2]] for text in free]
+    assert all(len(s[0]) == 2 for s in stops)
+    cut = ensemble.generate(PROMPTS, max_new_tokens=30, do_sample=False, until=stops).texts
+    for text, stop, short in zip(free, stops, cut):
+        assert short == text[: text.index(stop[0])]
+
+
+def test_every_eos_id_of_the_generation_config_ends_a_sequence(tiny_models, tmp_path):
+    """A model whose generation config lists a second EOS id (as chat models do) stops at either."""
+    path = tiny_models["bpe_a"]
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path)
+    prompt = tok(PROMPTS[:1], return_tensors="pt")
+    out = model.generate(**prompt, do_sample=False, max_new_tokens=8, pad_token_id=tok.pad_token_id)
+    generated = out[0, prompt["input_ids"].shape[1] :].tolist()
+    # The first position whose token did not occur before it: make that token a second EOS.
+    cut = next(j for j in range(1, len(generated)) if generated[j] not in generated[:j])
+    assert tok.eos_token_id not in generated[: cut + 1]
+    model.generation_config.eos_token_id = [tok.eos_token_id, generated[cut]]
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+
+    result = mixens.load_ensemble([spec(str(tmp_path), "a")], "single").generate(
+        PROMPTS[:1], max_new_tokens=8, do_sample=False
+    )
+    assert result.texts[0] == tok.decode(generated[:cut])
+    assert result.stats.steps == cut + 1
+
+
+def test_per_prompt_stop_lists_must_match_prompts(ensembles):
+    with pytest.raises(mixens.ConfigError, match="one per prompt"):
+        ensembles["shared"]["mixture"].generate(PROMPTS, max_new_tokens=2, until=[["a"], ["b"]])

@@ -1,0 +1,109 @@
+"""Bad input fails with one sentence naming the field and the fix, before any weights load."""
+from __future__ import annotations
+
+import math
+
+import pytest
+from conftest import spec
+
+import mixens
+import mixens.ensemble
+
+
+@pytest.fixture
+def no_loading(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("weights were loaded before the input was validated")
+
+    monkeypatch.setattr(mixens.ensemble, "load_member", refuse)
+
+
+@pytest.mark.parametrize(
+    ("weights", "message"),
+    [((-0.5, 1.0), r"models\[0\]\.weight .* negative"), ((math.nan, 1.0), r"models\[0\]\.weight .* nan"), ((0.0, 0.0), "all zero")],
+)
+def test_bad_weights(tiny_models, no_loading, weights, message):
+    models = [spec(tiny_models["bpe_a"], "a", weights[0]), spec(tiny_models["bpe_b"], "b", weights[1])]
+    with pytest.raises(mixens.ConfigError, match=message):
+        mixens.load_ensemble(models, "mixture")
+
+
+def test_weight_that_is_not_a_number(tiny_models, no_loading):
+    with pytest.raises(mixens.ConfigError, match=r"models\[0\]\.weight must be a number"):
+        mixens.load_ensemble([spec(tiny_models["bpe_a"], "a", "heavy")], "mixture")
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        ("./no/such/folder", r"models\[0\]\.path .* does not exist"),
+        ("not a hub id!", r"models\[0\]\.path .* hub id"),
+        ("someone/not-downloaded-model", r"models\[0\]\.path .* not in the local Hugging Face cache"),
+        ("packaged:gpt-17", r"models\[0\]\.path .* packaged:smollm2-135m-instruct"),
+    ],
+)
+def test_unknown_paths(no_loading, path, message):
+    with pytest.raises(mixens.ConfigError, match=message):
+        mixens.load_ensemble([{"name": "m", "path": path}], "mixture")
+
+
+def test_folder_without_a_model(tmp_path, no_loading):
+    with pytest.raises(mixens.ConfigError, match="without config.json"):
+        mixens.load_ensemble([{"name": "m", "path": str(tmp_path)}], "mixture")
+
+
+@pytest.mark.parametrize("device", ["cuda:99", "tpu", "mps"])
+def test_device_that_is_not_there(tiny_models, no_loading, device):
+    import torch
+
+    if device == "mps" and torch.backends.mps.is_available():
+        device = "cuda:99"
+    with pytest.raises(mixens.ConfigError, match=r"models\[0\]\.device"):
+        mixens.load_ensemble([spec(tiny_models["bpe_a"], "a", device=device)], "mixture")
+
+
+def test_unknown_strategy_lists_the_known_ones(tiny_models, no_loading):
+    with pytest.raises(mixens.ConfigError, match="mixture, averaging, averaging_topk_union, single"):
+        mixens.load_ensemble([spec(tiny_models["bpe_a"], "a")], "voting")
+
+
+@pytest.mark.parametrize(
+    ("models", "kwargs", "message"),
+    [
+        ([], {}, "models is empty"),
+        ([{"name": "a", "path": "x/y", "colour": "red"}], {}, r"unknown keys \['colour'\]"),
+        ([{"name": "a"}], {}, r"models\[0\]\.path is missing"),
+        ([{"name": "a", "path": "x/y"}, {"name": "a", "path": "x/z"}], {}, "must be unique"),
+        ([{"name": "a", "path": "x/y", "dtype": "int4"}], {}, r"models\[0\]\.dtype"),
+        ([{"name": "a", "path": "TINY"}], {"draw": "sometimes"}, "draw 'sometimes'"),
+        ([{"name": "a", "path": "TINY"}], {"member": "a"}, "only applies to strategy 'single'"),
+    ],
+)
+def test_malformed_requests(tiny_models, no_loading, models, kwargs, message):
+    models = [{**m, "path": tiny_models["bpe_a"]} if m.get("path") == "TINY" else m for m in models]
+    with pytest.raises(mixens.ConfigError, match=message):
+        mixens.load_ensemble(models, "mixture", **kwargs)
+
+
+def test_single_names_an_existing_member(tiny_models, no_loading):
+    with pytest.raises(mixens.ConfigError, match="member 'z' is not one of the models"):
+        mixens.load_ensemble([spec(tiny_models["bpe_a"], "a")], "single", member="z")
+
+
+@pytest.fixture(scope="module")
+def tiny_ensemble(tiny_models):
+    return mixens.load_ensemble([spec(tiny_models["bpe_a"], "a")], "mixture")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"max_new_tokens": 0}, "max_new_tokens must be an integer >= 1"),
+        ({"max_new_tokens": 4, "temperature": 0.0}, "temperature must be > 0"),
+        ({"max_new_tokens": 4, "top_p": 0.0}, r"top_p must be in \(0, 1\]"),
+        ({"max_new_tokens": 4, "top_k": -1}, "top_k must be >= 0"),
+    ],
+)
+def test_bad_generation_options(tiny_ensemble, kwargs, message):
+    with pytest.raises(mixens.ConfigError, match=message):
+        tiny_ensemble.generate(["hi"], **kwargs)
