@@ -1,0 +1,3 @@
+from mixens.cli import main
+
+main()

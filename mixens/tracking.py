@@ -1,0 +1,91 @@
+"""Results of a run on disk: results.json, per-sample outputs, and the table printed at the end.
+
+Every file is written to a temporary name and renamed, so a crash never leaves a half-written file.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+from importlib import metadata
+from pathlib import Path
+
+PACKAGES = ("mixens", "torch", "transformers", "tokenizers", "lm-eval", "datasets", "hydra-core", "omegaconf", "wandb")
+
+
+def versions() -> dict[str, str | None]:
+    found = {}
+    for name in PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def git_commit(folder: Path | None = None) -> str | None:
+    """The commit of the mixens checkout (with '+dirty' for local changes), if it is one."""
+    folder = folder or Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=folder, capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return sha.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def metrics_by_task(lm_eval_results: dict) -> dict[str, dict[str, float]]:
+    """lm-eval's results (and group results) as {task: {metric,filter: value}}, numbers only."""
+    table = {}
+    for section in ("results", "groups"):
+        for task, values in (lm_eval_results.get(section) or {}).items():
+            numbers = {k: v for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            numbers = {k: v for k, v in numbers.items() if k not in ("samples",)}
+            table.setdefault(task, {}).update(numbers)
+    return table
+
+
+def write_samples(folder: Path, samples: dict[str, list]) -> dict[str, str]:
+    """One JSON-lines file per task; returns the file names written."""
+    written = {}
+    for task, rows in samples.items():
+        name = f"samples_{task}.jsonl"
+        write_atomic(folder / name, "".join(json.dumps(row, default=str) + "\n" for row in rows))
+        written[task] = name
+    return written
+
+
+def write_results(folder: Path, record: dict) -> Path:
+    path = folder / "results.json"
+    write_atomic(path, json.dumps(record, indent=2, default=str) + "\n")
+    return path
+
+
+def results_table(metrics: dict[str, dict[str, float]], speed: dict) -> str:
+    lines = [f"{'task':<32} {'metric':<28} {'value':>8}", "-" * 70]
+    for task, values in metrics.items():
+        for metric, value in values.items():
+            if metric.endswith("_stderr") or "_stderr," in metric:
+                continue
+            lines.append(f"{task:<32} {metric:<28} {value:>8.4f}")
+    if speed.get("tokens_generated"):
+        lines.append("-" * 70)
+        rate = speed.get("tokens_per_second") or 0.0
+        lines.append(
+            f"generated {speed['tokens_generated']} tokens in {speed['wall_seconds']:.1f} s "
+            f"({rate:.1f} tokens/s), {speed['forward_passes_per_step']:.2f} forward passes per step"
+        )
+    return "\n".join(lines)
