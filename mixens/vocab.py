@@ -55,7 +55,8 @@ def tokenizer_kind(tokenizer) -> TokenizerKind:
     parts = [spec.get("decoder"), spec.get("pre_tokenizer")]
     if _contains_type(parts, "ByteLevel"):
         return TokenizerKind(True, None)
-    marker = "▁" if (_contains_type(parts, "Metaspace") or "▁" in json.dumps(spec.get("decoder"))) else None
+    decoder_text = json.dumps(spec.get("decoder"), ensure_ascii=False)
+    marker = "▁" if (_contains_type(parts, "Metaspace") or "▁" in decoder_text) else None
     return TokenizerKind(False, marker)
 
 

@@ -2,7 +2,9 @@
 SentencePiece-style tokenizer (metaspace, byte fallback, BOS), all built here from random weights."""
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -15,9 +17,10 @@ os.environ.update(
     HF_DATASETS_OFFLINE="1",
     TRANSFORMERS_OFFLINE="1",
     WANDB_MODE="offline",
-    HF_HOME=tempfile.mkdtemp(prefix="mixens-hf-home-"),
+    HF_HOME=(_hf_home := tempfile.mkdtemp(prefix="mixens-hf-home-")),
     TOKENIZERS_PARALLELISM="false",
 )
+atexit.register(shutil.rmtree, _hf_home, ignore_errors=True)
 # Converted packaged models are kept between local runs (a fresh clone converts once).
 os.environ.setdefault("MIXENS_CACHE", str(REPO / ".cache" / "mixens-test"))
 
