@@ -40,49 +40,56 @@ def first_two_tokens(ensemble, seed: int, **sampling) -> Counter:
 
 
 @pytest.fixture(scope="module")
-def loaded(tiny_models):
-    cache = {}
+def counts(tiny_models):
+    """Outcome counts per (vocabulary, strategy, setting), computed once and shared by the tests."""
+    ensembles, memo = {}, {}
 
-    def get(vocab: str, strategy: str, **options):
+    def ensemble(vocab: str, strategy: str, **options):
         key = (vocab, strategy, tuple(sorted(options.items())))
-        if key not in cache:
+        if key not in ensembles:
             a, b = MEMBERS[vocab]
             members = [spec(tiny_models[a], "first", 0.35), spec(tiny_models[b], "second", 0.65)]
-            cache[key] = mixens.load_ensemble(members, strategy, **options)
-        return cache[key]
+            ensembles[key] = mixens.load_ensemble(members, strategy, **options)
+        return ensembles[key]
 
+    def get(vocab: str, strategy: str, setting: str) -> Counter:
+        if (vocab, strategy, setting) not in memo:
+            # mixture draws per row here, so the 20,000 rows are independent draws (the default draws
+            # once per batch: the same per-row distribution, but the rows of a batch are correlated).
+            options = {"mixture": {"draw": "sequence"}, "single": {"member": "second"}}.get(strategy, {})
+            seed = {"mixture": 11, "averaging": 12, "single": 13}[strategy]
+            memo[(vocab, strategy, setting)] = first_two_tokens(
+                ensemble(vocab, strategy, **options), seed=seed, **SETTINGS[setting]
+            )
+        return memo[(vocab, strategy, setting)]
+
+    get.ensemble = ensemble
     return get
 
 
 @pytest.mark.parametrize("setting", SETTINGS)
 @pytest.mark.parametrize("vocab", MEMBERS)
-def test_mixture_matches_averaging(loaded, vocab, setting):
-    # One draw per row, so the 20,000 rows are independent draws (the default draws once per batch,
-    # which has the same per-row distribution but correlates the rows of a batch).
-    mixture = first_two_tokens(loaded(vocab, "mixture", draw="sequence"), seed=11, **SETTINGS[setting])
-    averaging = first_two_tokens(loaded(vocab, "averaging"), seed=12, **SETTINGS[setting])
-    assert two_sample_chi_square(mixture, averaging) > 1e-3
+def test_mixture_matches_averaging(counts, vocab, setting):
+    assert two_sample_chi_square(counts(vocab, "mixture", setting), counts(vocab, "averaging", setting)) > 1e-3
 
 
 @pytest.mark.parametrize("setting", SETTINGS)
 @pytest.mark.parametrize("vocab", MEMBERS)
-def test_control_mixture_differs_from_a_single_member(loaded, vocab, setting):
-    mixture = first_two_tokens(loaded(vocab, "mixture", draw="sequence"), seed=11, **SETTINGS[setting])
-    single = first_two_tokens(loaded(vocab, "single", member="second"), seed=13, **SETTINGS[setting])
-    assert two_sample_chi_square(mixture, single) < 1e-6
+def test_control_mixture_differs_from_a_single_member(counts, vocab, setting):
+    assert two_sample_chi_square(counts(vocab, "mixture", setting), counts(vocab, "single", setting)) < 1e-6
 
 
-def test_default_batch_draw_matches_averaging(loaded):
+def test_default_batch_draw_matches_averaging(counts):
     """The default draw (one member for the whole batch per step), with batches of one row so the
     draws are independent: fewer draws, same claim."""
-    ensemble = loaded("different", "mixture")
-    counts = Counter()
+    ensemble = counts.ensemble("different", "mixture")
+    observed = Counter()
     for seed in range(3_000):
         prompt = PROMPTS[seed % 2]
         text = ensemble.generate([prompt], max_new_tokens=1, seed=seed, top_k=5, temperature=0.7).texts[0]
-        counts[(prompt, text)] += 1
+        observed[(prompt, text)] += 1
     prompts = [PROMPTS[i % 2] for i in range(20_000)]
-    reference = loaded("different", "averaging").generate(
+    reference = counts.ensemble("different", "averaging").generate(
         prompts, max_new_tokens=1, seed=5, top_k=5, temperature=0.7, batch_size=5_000, progress=False
     )
-    assert two_sample_chi_square(counts, Counter(zip(prompts, reference.texts))) > 1e-3
+    assert two_sample_chi_square(observed, Counter(zip(prompts, reference.texts))) > 1e-3
