@@ -1,6 +1,7 @@
 """The typed schema of a run (registered in Hydra's ConfigStore) and its validation.
 
-conf/ holds the values; this module says what a value may be. `validate_run` checks everything that
+conf/ holds the values; this module says what a value may be (a model entry is checked by
+mixens.spec.ModelSpec). `validate_run` checks everything that
 needs no model weights and no dataset, so a mistake is reported in a second.
 """
 from __future__ import annotations
@@ -12,19 +13,6 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from mixens.spec import ConfigError, ModelSpec, validate_ensemble_request
-
-
-@dataclass
-class ModelConfig:
-    name: str = MISSING
-    path: str = MISSING
-    weight: float = 1.0
-    dtype: str = "auto"
-    device: Optional[str] = None  # None: the run's `device`
-    revision: Optional[str] = None
-    chat_template: Any = False  # false, true (the tokenizer's), or a Jinja template string
-    trust_remote_code: bool = False
-    licence: Optional[str] = None  # shown to the user; not used for loading
 
 
 @dataclass
@@ -68,7 +56,9 @@ class LoggerConfig:
 
 @dataclass
 class RunConfig:
-    models: dict[str, ModelConfig] = field(default_factory=dict)
+    # name -> {name, path, weight, dtype, device, revision, chat_template, trust_remote_code, licence};
+    # untyped here so a model can be added from the command line, checked by ModelSpec instead.
+    models: dict[str, Any] = field(default_factory=dict)
     ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
     data: DataConfig = field(default_factory=DataConfig)

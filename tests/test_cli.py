@@ -1,0 +1,131 @@
+"""The Hydra app: composition, validation before loading, and real runs of `python -m mixens`."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO, SHARED_HUB
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from mixens.cli import CONF_DIR
+from mixens.config import validate_run
+from mixens.spec import ConfigError
+
+
+def composed(*overrides: str):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def test_default_is_the_embedded_packaged_pair():
+    cfg = composed()
+    assert [m.path for m in cfg.models.values()] == ["packaged:smollm2-135m-instruct", "packaged:gemma-3-270m"]
+    assert cfg.ensemble.strategy == "mixture"
+    assert cfg.benchmark.tasks == ["gsm8k_paper"]
+    assert cfg.data.hub_mirror == "packaged"
+
+
+def test_several_models_weights_and_strategy():
+    cfg = composed(
+        "models=[qwen2.5-3b-instruct,qwen2.5-math-1.5b-instruct]",
+        "models.qwen2_5-3b-instruct.weight=0.7",
+        "ensemble=averaging",
+        "benchmark=mmlu_paper",
+        "benchmark.limit=5",
+        "benchmark.top_k=5",
+    )
+    assert {k: m.weight for k, m in cfg.models.items()} == {
+        "qwen2_5-3b-instruct": 0.7,
+        "qwen2_5-math-1_5b-instruct": 1.0,
+    }
+    assert cfg.models["qwen2_5-3b-instruct"].path == "Qwen/Qwen2.5-3B-Instruct"
+    assert cfg.ensemble.strategy == "averaging"
+    assert cfg.benchmark.tasks == ["mmlu_paper"] and cfg.benchmark.limit == 5 and cfg.benchmark.top_k == 5
+    assert cfg.data.hub_mirror is None  # only the embedded benchmark reads packaged data
+
+
+@pytest.mark.parametrize("group", ["models", "ensemble", "benchmark"])
+def test_every_config_file_composes(group):
+    for path in sorted((Path(CONF_DIR) / group).glob("*.yaml")):
+        choice = f"[{path.stem}]" if group == "models" else path.stem
+        cfg = composed(f"{group}={choice}")
+        assert OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+
+
+def test_the_schema_rejects_a_mistyped_value():
+    with pytest.raises(Exception, match="seed"):
+        composed("seed=many")
+
+
+def test_unknown_benchmark_lists_the_available_ones():
+    with pytest.raises(Exception, match="Available options") as err:
+        composed("benchmark=gsm9k")
+    assert "gsm8k_paper" in str(err.value)
+
+
+def test_validation_names_the_field_before_loading():
+    cfg = composed("models.smollm2-135m-instruct.weight=-1")
+    with pytest.raises(ConfigError, match=r"models\[0\]\.weight .* negative"):
+        validate_run(cfg)
+
+
+def run_cli(tmp_path: Path, *overrides: str, multirun: bool = False) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MIXENS_HUB_MIRROR": str(SHARED_HUB)}
+    args = [sys.executable, "-m", "mixens", *(["-m"] if multirun else []), *overrides]
+    args += [f"hydra.run.dir={tmp_path}/run", f"hydra.sweep.dir={tmp_path}/sweep"]
+    return subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+def tiny_overrides(tiny_models, names=("bpe_a", "bpe_b")) -> list[str]:
+    added = [f"+models.{n}={{name:{n},path:'{tiny_models[n]}',weight:1.0}}" for n in names]
+    return ["models=[]", *added, "device=cpu", "batch_size=4"]
+
+
+def test_a_dataset_that_is_not_reachable_says_how_to_point_at_a_copy(tiny_models, tmp_path):
+    done = run_cli(tmp_path, *tiny_overrides(tiny_models), "benchmark=arc_paper", "benchmark.limit=2")
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "data.hub_mirror=PATH" in done.stderr
+    assert "Loading weights" not in done.stderr  # failed before any model was loaded
+
+
+def test_unknown_task_name_suggests_close_names(tiny_models, tmp_path):
+    done = run_cli(tmp_path, *tiny_overrides(tiny_models), "benchmark.tasks=[gsm8k_papr]")
+    assert done.returncode == 2
+    assert "gsm8k_paper" in done.stderr
+
+
+def test_a_run_writes_results(tiny_models, tmp_path):
+    done = run_cli(
+        tmp_path, *tiny_overrides(tiny_models), "benchmark=gsm8k_paper", "benchmark.limit=3", "benchmark.max_gen_toks=8"
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert set(record) >= {"config", "metrics", "speed", "versions", "seed", "git_commit"}
+    assert "exact_match,extract" in record["metrics"]["gsm8k_paper"]
+    assert record["speed"]["tokens_generated"] > 0
+    assert record["config"]["ensemble"]["strategy"] == "mixture"
+    samples = (tmp_path / "run" / record["samples"]["gsm8k_paper"]).read_text().splitlines()
+    assert len(samples) == 3
+    assert "results:" in done.stdout and "exact_match" in done.stdout
+
+
+def test_multirun_of_two_strategies_writes_two_results(tiny_models, tmp_path):
+    done = run_cli(
+        tmp_path,
+        *tiny_overrides(tiny_models),
+        "ensemble=mixture,averaging",
+        "benchmark=gsm8k_paper",
+        "benchmark.limit=2",
+        "benchmark.max_gen_toks=4",
+        multirun=True,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = sorted((tmp_path / "sweep").glob("*/results.json"))
+    assert len(results) == 2
+    strategies = {json.loads(p.read_text())["config"]["ensemble"]["strategy"] for p in results}
+    assert strategies == {"mixture", "averaging"}
