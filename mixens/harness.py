@@ -1,0 +1,704 @@
+"""The ensemble as an lm-evaluation-harness model, registered under the name "mixens".
+
+From Python (simple_evaluate ignores its own batch_size/device for a ready model):
+
+    lm = EnsembleLM(ensemble=load_ensemble(models, "mixture"), batch_size=8, seed=0, max_gen_toks=256)
+    lm_eval.simple_evaluate(model=lm, tasks=["gsm8k_paper"], task_manager=...)
+    lm.speed_stats  # a mixens GenerationStats summed over every generate_until call
+
+From lm-eval's CLI. lm-eval only knows models whose module was imported, so start its CLI through this
+module (same arguments as `lm_eval`):
+
+    python -m mixens.harness [run] --model mixens --include_path mixens/tasks --tasks gsm8k_paper \
+        --model_args "models=HuggingFaceTB/SmolLM2-135M-Instruct|./gemma,weights=0.6|0.4,strategy=mixture"
+
+model_args: lm-eval splits them at ',' and '='; a list is written with '|':
+  models             required: one path per member (hub id, local folder or packaged:<name>)
+  weights, names     one per member (default: equal weights; the last path component)
+  dtype, device, revision, chat_template, trust_remote_code
+                     one value for every member, or one per member ('|'); chat_template=true makes a
+                     member wrap each prompt in its own tokenizer's chat template
+  strategy           mixture | averaging | averaging_topk_union | single (default mixture)
+  member             the member `single` runs; draw (mixture), union_top_k (averaging_topk_union)
+  seed, max_gen_toks, max_length, batch_size
+lm-eval's --batch_size and --device apply when model_args does not set them ('auto' batch sizes fall back
+to 8; a --device this machine lacks falls back to 'auto', as lm-eval's own HF model does).
+
+Likelihood (loglikelihood, loglikelihood_rolling). The strategy changes how text is generated, not the
+model being evaluated, so every strategy is scored by the same ensemble distribution (averaging_topk_union's
+top-k restriction is a decoding device and is not applied):
+  * shared vocabulary: the token-level mixture. A continuation's log-likelihood is
+    sum_t log sum_i lambda_i P_i(token_t | prefix), tokenised as lm-eval's HF model does (context + continuation
+    encoded whole, the continuation's tokens split off the end); is_greedy means every continuation token is
+    the argmax of sum_i lambda_i P_i. For one member these are lm-eval's `hf` numbers (up to float32 rounding).
+  * different tokenizers: token probabilities of different vocabularies cannot be added, so the ensemble
+    scores whole strings with the sequence-level mixture log sum_i lambda_i exp(log P_i(continuation | context)),
+    each member tokenising with its own tokenizer (the same for rolling: the whole text's log-likelihood).
+    It is a proper mixture of the members' distributions over strings, and equals the token-level number when
+    the vocabularies agree and there is one token. is_greedy is True only when every member (with a
+    non-zero weight) would produce the continuation greedily under its own tokenisation: a conservative
+    stand-in for the greedy decoder in the union vocabulary, which would need a decoding run per request.
+    A shared vocabulary whose members tokenise a request differently (e.g. one member uses a chat template
+    that changes the split) falls back to this sequence-level mixture for that request.
+Members asking for a chat template score the context as they generate from it: wrapped in their template.
+
+Requests that share a context (multiple choice) cost one forward of that context per member: each batch runs
+the distinct contexts once, then the continuations of every request on copies of the contexts' KV cache.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import lm_eval.models  # noqa: F401  lm-eval's own models first: registering before this hides "hf"
+import numpy as np
+import torch
+from lm_eval.api.model import LM
+from lm_eval.api.registry import register_model
+from lm_eval.models.utils import resolve_max_length
+from lm_eval.utils import get_rolling_token_windows, handle_arg_string, make_disjoint_window, simple_parse_args_string
+from tqdm.auto import tqdm
+from transformers import DynamicCache
+
+from mixens.decoding import GenerationStats
+from mixens.ensemble import Ensemble, load_ensemble
+from mixens.members import Member, describe
+from mixens.spec import ConfigError, validate_device
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BATCH_SIZE = 8
+DEFAULT_MAX_LENGTH = 2048  # lm-eval's HF default when neither config nor tokenizer names a length
+MAX_TOKEN_KEYS = ("max_gen_toks", "max_new_tokens", "max_tokens", "max_completion_tokens")  # lm-eval's priority
+GEN_KWARGS = ("until", *MAX_TOKEN_KEYS, "do_sample", "temperature", "top_k", "top_p")
+PER_MEMBER_ARGS = ("weights", "names", "dtype", "device", "revision", "chat_template", "trust_remote_code")
+
+
+@register_model("mixens")
+class EnsembleLM(LM):
+    def __init__(
+        self,
+        ensemble: Ensemble | None = None,
+        *,
+        models: str | Sequence[str] | None = None,
+        weights=None,
+        names=None,
+        dtype=None,
+        device=None,
+        revision=None,
+        chat_template=None,
+        trust_remote_code=None,
+        strategy: str | None = None,
+        member: str | None = None,
+        draw: str | None = None,
+        union_top_k: int | None = None,
+        batch_size: int | str | None = None,
+        seed: int = 0,
+        max_gen_toks: int = 256,
+        max_length: int | None = None,
+    ):
+        super().__init__()
+        batch_size = _batch_size(batch_size)
+        loading = {
+            "models": models, "weights": weights, "names": names, "dtype": dtype, "device": device,
+            "revision": revision, "chat_template": chat_template, "trust_remote_code": trust_remote_code,
+            "strategy": strategy, "member": member, "draw": draw, "union_top_k": union_top_k,
+        }  # fmt: skip
+        if ensemble is None:
+            specs = _member_specs(models, weights, names, dtype, device, revision, chat_template, trust_remote_code)
+            options = {k: v for k, v in {"draw": draw, "union_top_k": union_top_k}.items() if v is not None}
+            ensemble = load_ensemble(
+                specs, strategy or "mixture", batch_size=batch_size or DEFAULT_BATCH_SIZE, member=member, **options
+            )
+        elif given := sorted(k for k, v in loading.items() if v is not None):
+            raise ConfigError(f"{given} configure loading models; with ensemble= (already loaded) leave them out.")
+        if not isinstance(max_gen_toks, int) or max_gen_toks < 1:
+            raise ConfigError(f"max_gen_toks must be an integer >= 1, got {max_gen_toks!r}.")
+        if max_length is not None and (not isinstance(max_length, int) or max_length < 2):
+            raise ConfigError(f"max_length must be an integer >= 2, got {max_length!r}.")
+        self.ensemble = ensemble
+        self._batch_size = batch_size or ensemble.batch_size
+        self.seed = int(seed)
+        self._max_gen_toks = max_gen_toks
+        self._max_length = max_length
+        self.speed_stats = GenerationStats()
+        self._device = ensemble.members[0].device
+        lengths = [self._member_max_length(m) for m in ensemble.members]
+        if ensemble.shared_vocabulary:  # one window size, so that every member scores the same tokens
+            lengths = [min(lengths)] * len(lengths)
+        self.encoders = [_MemberEncoder(m, n) for m, n in zip(ensemble.members, lengths)]
+
+    # ------------------------------------------------------------------ construction from lm-eval
+
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> "EnsembleLM":
+        return cls.create_from_arg_obj(simple_parse_args_string(arg_string), additional_config)
+
+    @classmethod
+    def create_from_arg_obj(cls, arg_dict: dict, additional_config: dict | None = None) -> "EnsembleLM":
+        args = dict(arg_dict)
+        allowed = sorted(_ALLOWED_ARGS)
+        unknown = sorted(set(args) - _ALLOWED_ARGS)
+        if unknown:
+            raise ConfigError(f"model_args {unknown} are not known to the mixens model; allowed keys: {allowed}.")
+        # lm-eval's own --batch_size/--device fill in only what model_args leaves open.
+        extra = {k: v for k, v in (additional_config or {}).items() if v is not None}
+        if "batch_size" in extra:
+            args.setdefault("batch_size", extra["batch_size"])
+        if "device" in extra and "device" not in args:
+            args["device"] = _available_or_auto(str(extra["device"]))
+        return cls(**args)
+
+    # ------------------------------------------------------------------ properties lm-eval reads
+
+    @property
+    def members(self) -> list[Member]:
+        return self.ensemble.members
+
+    @property
+    def tokenizer(self):
+        return self.members[0].tokenizer
+
+    @property
+    def eot_token_id(self) -> int:
+        return self.tokenizer.eos_token_id
+
+    @property
+    def prefix_token_id(self) -> int:
+        return self.encoders[0].prefix_id
+
+    @property
+    def max_length(self) -> int:
+        return min(e.max_length for e in self.encoders)
+
+    @property
+    def max_gen_toks(self) -> int:
+        return self._max_gen_toks
+
+    @property
+    def batch_size(self) -> int:
+        return self._batch_size
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    @property
+    def rank(self) -> int:
+        return 0
+
+    @property
+    def world_size(self) -> int:
+        return 1
+
+    @property
+    def tokenizer_name(self) -> str:
+        names = []
+        for m in self.members:
+            chat = "" if m.spec.chat_template is False else "+chat"
+            names.append(m.tokenizer.name_or_path.replace("/", "__") + chat)
+        return "+".join(names)
+
+    def _member_max_length(self, member: Member) -> int:
+        own = resolve_max_length(member.model.config, member.tokenizer, default=DEFAULT_MAX_LENGTH)
+        return min(own, self._max_length) if self._max_length else own
+
+    def get_model_info(self) -> dict:
+        """Merged into results["config"] by simple_evaluate."""
+        return {
+            "ensemble_strategy": self.ensemble.strategy.name,
+            "ensemble_shared_vocabulary": self.ensemble.shared_vocabulary,
+            "ensemble_members": [describe(m) for m in self.members],
+            "model_num_parameters": sum(p.numel() for m in self.members for p in m.model.parameters()),
+        }
+
+    # ------------------------------------------------------------------ chat templates
+
+    def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        """The user message itself: each member that asks for a chat template wraps it in its own template
+        when it reads the prompt (Member.render_prompt), so members with different templates see their own."""
+        if all(m.spec.chat_template is False for m in self.members):
+            raise ConfigError(
+                "lm-eval was asked to apply a chat template but no member asks for one; set chat_template=true "
+                "in model_args (or the member's spec) so that each member uses its own template."
+            )
+        roles = [turn.get("role") for turn in chat_history]
+        if roles != ["user"] or not add_generation_prompt:
+            raise ConfigError(
+                f"mixens members template one user message, but lm-eval built a chat of roles {roles}"
+                f"{'' if add_generation_prompt else ' ending in an assistant prefill'}; drop --system_instruction, "
+                "use --fewshot_as_multiturn false, and no gen_prefix."
+            )
+        return chat_history[0]["content"]
+
+    def chat_template(self, chat_template: bool | str = False) -> str | None:
+        """The templates members apply, for lm-eval's run record."""
+        if chat_template is False or chat_template is None:
+            return None
+        parts = []
+        for m in self.members:
+            if m.spec.chat_template is False:
+                continue
+            template = m.spec.chat_template if isinstance(m.spec.chat_template, str) else m.tokenizer.chat_template
+            parts.append(f"{{# member {m.name} #}}\n{template}")
+        return "\n".join(parts) or None
+
+    # ------------------------------------------------------------------ generation
+
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        args = [req.args for req in requests]
+        groups: dict[str, list[int]] = {}
+        for i, (_, gen_kwargs) in enumerate(args):
+            groups.setdefault(json.dumps(gen_kwargs, sort_keys=True, default=str), []).append(i)
+        # Every group's kwargs are checked before the first token is spent.
+        options_of = [self._generation_options(args[indices[0]][1]) for indices in groups.values()]
+        texts: list[str | None] = [None] * len(args)
+        bar = tqdm(total=len(args), desc="mixens generate_until", disable=disable_tqdm)
+        for group_index, (indices, options) in enumerate(zip(groups.values(), options_of)):
+            # Longest first, like lm-eval's HF model: the same batches, and a slow batch shows early.
+            lengths = {i: len(self.encoders[0].encode_prompt(args[i][0])) for i in indices}
+            indices = sorted(indices, key=lambda i: (-lengths[i], args[i][0]))
+            for batch_index, start in enumerate(range(0, len(indices), self.batch_size)):
+                chunk = indices[start : start + self.batch_size]
+                result = self.ensemble.generate(
+                    [args[i][0] for i in chunk],
+                    **options,
+                    # decode_batch numbers its random streams per call; a seed per batch keeps batches independent
+                    seed=_batch_seed(self.seed, group_index, batch_index),
+                    batch_size=len(chunk),
+                    progress=False,
+                )
+                self.speed_stats.add(result.stats)
+                for i, text in zip(chunk, result.texts):
+                    texts[i] = text
+                    self.cache_hook.add_partial("generate_until", args[i], text)
+                bar.update(len(chunk))
+        bar.close()
+        return texts
+
+    def _generation_options(self, gen_kwargs: dict) -> dict:
+        """lm-eval's generation kwargs as Ensemble.generate arguments; unknown keys are an error, not ignored."""
+        if not isinstance(gen_kwargs, dict):
+            raise ConfigError(f"generation kwargs must be a dict, got {type(gen_kwargs).__name__}.")
+        unknown = sorted(set(gen_kwargs) - set(GEN_KWARGS))
+        if unknown:
+            raise ConfigError(
+                f"generation kwargs {unknown} are not supported by the mixens model (it honours {list(GEN_KWARGS)}); "
+                "remove them from the task's generation_kwargs or --gen_kwargs."
+            )
+        until = gen_kwargs.get("until")
+        until = [until] if isinstance(until, str) else list(until or [])
+        if not all(isinstance(s, str) for s in until):
+            raise ConfigError(f"until must be a string or a list of strings, got {gen_kwargs.get('until')!r}.")
+        for eos in self._eos_texts():  # as lm-eval's HF model does: EOS text is always a stop string
+            if eos not in until:
+                until.append(eos)
+        given = [gen_kwargs[k] for k in MAX_TOKEN_KEYS if gen_kwargs.get(k) is not None]
+        max_new_tokens = int(given[0]) if given else self.max_gen_toks
+        temperature = gen_kwargs.get("temperature")
+        do_sample = gen_kwargs.get("do_sample")
+        if do_sample is None:  # lm-eval's rule: a positive temperature means sampling
+            do_sample = temperature is not None and float(temperature) > 0
+        if temperature is None:
+            temperature = 1.0  # transformers' default when sampling
+        greedy = not do_sample or float(temperature) == 0.0
+        top_k = gen_kwargs.get("top_k")
+        top_p = gen_kwargs.get("top_p")
+        return {
+            "max_new_tokens": max_new_tokens,
+            "do_sample": not greedy,
+            "temperature": 1.0 if greedy else float(temperature),
+            "top_k": int(top_k) if top_k is not None else 0,
+            "top_p": float(top_p) if top_p is not None else 1.0,
+            "until": until,
+        }
+
+    def _eos_texts(self) -> list[str]:
+        texts = []
+        for m in self.members:
+            if m.tokenizer.eos_token_id is not None:
+                text = m.tokenizer.decode([m.tokenizer.eos_token_id], skip_special_tokens=False)
+                if text and text not in texts:
+                    texts.append(text)
+        return texts
+
+    # ------------------------------------------------------------------ likelihood
+
+    def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        pairs = [req.args for req in requests]
+        pieces = [[[enc.pair(context, continuation)] for context, continuation in pairs] for enc in self.encoders]
+        scores = self._score(pieces, "loglikelihood", disable_tqdm)
+        for pair, score in zip(pairs, scores):
+            self.cache_hook.add_partial("loglikelihood", pair, score)
+        return scores
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
+        texts = [req.args[0] for req in requests]
+        pieces = [[enc.rolling_windows(text) for text in texts] for enc in self.encoders]
+        scores = [logp for logp, _ in self._score(pieces, "loglikelihood_rolling", disable_tqdm)]
+        for text, score in zip(texts, scores):
+            self.cache_hook.add_partial("loglikelihood_rolling", (text,), score)
+        return scores
+
+    def _score(self, pieces: list[list[list[tuple[list[int], list[int]]]]], what: str, disable_tqdm: bool):
+        """Mixture log-likelihood of each request from its pieces: pieces[member][request] = [(context, tokens)]."""
+        active = [i for i, m in enumerate(self.members) if m.weight > 0]
+        n_requests = len(pieces[0])
+        token_level = [
+            self.ensemble.shared_vocabulary
+            and all([c for _, c in pieces[i][r]] == [c for _, c in pieces[active[0]][r]] for i in active)
+            for r in range(n_requests)
+        ]
+        # Jobs: (member index or None for all, [(request, Piece)]): one job for the token-level requests, one
+        # per member for the rest (each member scores its own tokenisation).
+        jobs: list[tuple[int | None, list[tuple[int, Piece]]]] = []
+        together = [r for r in range(n_requests) if token_level[r]]
+        if together:
+            first = active[0]
+            items = [
+                (r, Piece(tuple(tuple(pieces[i][r][p][0]) for i in active), tuple(pieces[first][r][p][1])))
+                for r in together
+                for p in range(len(pieces[first][r]))
+            ]
+            jobs.append((None, items))
+        alone = [r for r in range(n_requests) if not token_level[r]]
+        for i in active if alone else []:
+            jobs.append((i, [(r, Piece((tuple(ctx),), tuple(cont))) for r in alone for ctx, cont in pieces[i][r]]))
+
+        bar = tqdm(total=sum(len(items) for _, items in jobs), desc=f"mixens {what}", disable=disable_tqdm)
+        totals = {r: [0.0, True] for r in together}
+        per_member = {r: {i: [0.0, True] for i in active} for r in alone}
+        for member_index, items in jobs:
+            chosen = active if member_index is None else [member_index]
+            members = [self.members[i] for i in chosen]
+            weights = [m.weight for m in members] if member_index is None else [1.0]
+            scores = score_pieces(members, weights, [piece for _, piece in items], self.batch_size, bar)
+            for (r, _), (logp, greedy) in zip(items, scores):
+                slot = totals[r] if member_index is None else per_member[r][member_index]
+                slot[0] += logp
+                slot[1] = slot[1] and greedy
+        bar.close()
+
+        weights = [self.members[i].weight for i in active]
+        return [
+            tuple(totals[r]) if token_level[r] else sequence_mixture([per_member[r][i] for i in active], weights)
+            for r in range(n_requests)
+        ]
+
+
+_ALLOWED_ARGS = {
+    "models", *PER_MEMBER_ARGS, "strategy", "member", "draw", "union_top_k",
+    "batch_size", "seed", "max_gen_toks", "max_length",
+}  # fmt: skip
+
+
+def sequence_mixture(member_scores: Sequence[Sequence], weights: Sequence[float]) -> tuple[float, bool]:
+    """log sum_i w_i exp(logP_i) and whether every member is greedy: the different-tokenizer likelihood."""
+    logps = torch.tensor([float(s[0]) for s in member_scores], dtype=torch.float64)
+    logw = torch.tensor(weights, dtype=torch.float64).log()
+    return float(torch.logsumexp(logps + logw, dim=0)), all(bool(s[1]) for s in member_scores)
+
+
+# ---------------------------------------------------------------------- tokenisation (as lm-eval's HF model)
+
+
+class _MemberEncoder:
+    """One member's ids for lm-eval's strings, following lm-eval's HFLM (tok_encode, _encode_pair, rolling)."""
+
+    def __init__(self, member: Member, max_length: int):
+        self.member = member
+        self.tokenizer = member.tokenizer
+        self.max_length = max_length
+        tok = member.tokenizer
+        self.prefix_id = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+        # A string that already starts with the prefix token's text gets no second one.
+        self.prefix_text = tok.decode([self.prefix_id]) if self.prefix_id is not None else None
+
+    def encode(self, text: str, add_special_tokens: bool | None = None) -> list[int]:
+        if add_special_tokens is None:
+            add_special_tokens = not (self.prefix_text and text.startswith(self.prefix_text))
+        return self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"]
+
+    def encode_prompt(self, prompt: str) -> list[int]:
+        text, add = self.member.render_prompt(prompt)
+        return self.encode(text, None if add else False)
+
+    def pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        templated = self.member.spec.chat_template is not False
+        if context == "" and not templated:
+            tokens = self.encode(continuation, add_special_tokens=False)
+            if tokens and tokens[0] == self.prefix_id:  # the continuation brings its own BOS
+                return self._fit(tokens[:1], tokens[1:])
+            return self._fit([self.prefix_id], tokens)
+        text, add = self.member.render_prompt(context)
+        flag = None if add else False
+        # Trailing spaces of the context belong to the continuation (they start its first word).
+        spaces = len(text) - len(text.rstrip())
+        if spaces:
+            continuation = text[-spaces:] + continuation
+            text = text[:-spaces]
+        whole = self.encode(text + continuation, flag)
+        context_ids = self.encode(text, flag)
+        tokens = whole[len(context_ids) :]
+        return self._fit(context_ids or [self.prefix_id], tokens)
+
+    def _fit(self, context: list[int], tokens: list[int]) -> tuple[list[int], list[int]]:
+        """Cut the context from the left so that context + continuation fit max_length + 1 tokens."""
+        if len(tokens) > self.max_length:
+            raise ConfigError(
+                f"a continuation of {len(tokens)} tokens is longer than {self.member.name}'s max_length "
+                f"({self.max_length}); raise max_length in model_args or shorten the task's targets."
+            )
+        overflow = len(context) + len(tokens) - (self.max_length + 1)
+        return (context[overflow:] if overflow > 0 else context), tokens
+
+    def rolling_windows(self, text: str) -> list[tuple[list[int], list[int]]]:
+        windows = get_rolling_token_windows(
+            token_list=self.encode(text), prefix_token=self.prefix_id, max_seq_len=self.max_length, context_len=1
+        )
+        return [make_disjoint_window(w) for w in windows]
+
+
+# ---------------------------------------------------------------------- batched scoring
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Continuation tokens to score, and each scoring member's context ids before them."""
+
+    contexts: tuple[tuple[int, ...], ...]
+    tokens: tuple[int, ...]
+
+
+def score_pieces(
+    members: Sequence[Member], weights: Sequence[float], pieces: Sequence[Piece], batch_size: int, bar=None
+) -> list[tuple[float, bool]]:
+    """Token-level mixture log-likelihood of every piece (members share one vocabulary) and whether each
+    token is the argmax of the mixture. Pieces with the same contexts are batched together."""
+    scores: list[tuple[float, bool] | None] = [None] * len(pieces)
+    groups: dict[tuple, list[int]] = {}
+    for j, piece in enumerate(pieces):
+        if piece.tokens:
+            groups.setdefault(piece.contexts, []).append(j)
+        else:
+            scores[j] = (0.0, True)
+    ordered = sorted(
+        groups.items(), key=lambda item: -(max(map(len, item[0])) + max(len(pieces[j].tokens) for j in item[1]))
+    )
+    for batch in _fill_batches(ordered, batch_size):
+        indices = [j for _, part in batch for j in part]
+        for j, score in zip(indices, _score_batch(members, weights, batch, [pieces[j].tokens for j in indices])):
+            scores[j] = score
+        if bar is not None:
+            bar.update(len(indices))
+    return scores
+
+
+def _fill_batches(groups, size: int):
+    """Batches of at most `size` pieces; a context's pieces stay together unless they alone exceed `size`."""
+    batch, count = [], 0
+    for contexts, indices in groups:
+        for start in range(0, len(indices), size):
+            part = indices[start : start + size]
+            if batch and count + len(part) > size:
+                yield batch
+                batch, count = [], 0
+            batch.append((contexts, part))
+            count += len(part)
+    if batch:
+        yield batch
+
+
+def _score_batch(members, weights, batch, token_lists) -> list[tuple[float, bool]]:
+    group_of = [g for g, (_, part) in enumerate(batch) for _ in part]
+    targets = torch.tensor([t for tokens in token_lists for t in tokens], dtype=torch.long)
+    token_logps, mixed, greedy = [], None, None
+    for i, member in enumerate(members):
+        logits = continuation_logits(member, [contexts[i] for contexts, _ in batch], token_lists, group_of)
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        token_logps.append(logp.gather(1, targets.to(logp.device)[:, None]).squeeze(1).double().cpu())
+        if len(members) == 1:
+            greedy = logp.argmax(dim=-1).cpu()
+        else:
+            probs = logp.exp_().mul_(weights[i]).to(members[0].device)
+            mixed = probs if mixed is None else _add_padded(mixed, probs)
+    if mixed is not None:
+        greedy = mixed.argmax(dim=-1).cpu()
+    logw = torch.tensor(weights, dtype=torch.float64).log()
+    per_token = torch.logsumexp(torch.stack(token_logps) + logw[:, None], dim=0)
+    hits = greedy == targets
+    scores, start = [], 0
+    for tokens in token_lists:
+        end = start + len(tokens)
+        scores.append((float(per_token[start:end].sum()), bool(hits[start:end].all())))
+        start = end
+    return scores
+
+
+def _add_padded(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a + b over the wider vocabulary (models may pad their embedding matrices differently)."""
+    if a.shape[-1] < b.shape[-1]:
+        a, b = b, a
+    a[:, : b.shape[-1]] += b
+    return a
+
+
+@torch.inference_mode()
+def continuation_logits(
+    member: Member, contexts: Sequence[Sequence[int]], token_lists: Sequence[Sequence[int]], group_of: Sequence[int]
+) -> torch.Tensor:
+    """Logits [T, V] that predict each continuation token (all pieces' tokens, in order).
+
+    Two forwards: the distinct contexts (left-padded; only the last position's logits are kept), then the
+    continuations of every piece on a copy of its context's KV cache (right-padded).
+    """
+    model, device = member.model, member.device
+    pad = next((t for t in (member.tokenizer.pad_token_id, member.tokenizer.eos_token_id) if t is not None), 0)
+    width = max(len(c) for c in contexts)
+    ids = torch.full((len(contexts), width), pad, dtype=torch.long)
+    mask = torch.zeros(len(contexts), width, dtype=torch.long)
+    for g, context in enumerate(contexts):
+        ids[g, width - len(context) :] = torch.tensor(context, dtype=torch.long)
+        mask[g, width - len(context) :] = 1
+    positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+    cache = DynamicCache()  # full layers, as in decoding: slots must not slide away under the padding
+    out = model(
+        input_ids=ids.to(device),
+        attention_mask=mask.to(device),
+        position_ids=positions.to(device),
+        past_key_values=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    first = out.logits[:, -1, :]  # predicts each piece's first token
+    longer = [j for j, tokens in enumerate(token_lists) if len(tokens) > 1]
+    rest = None
+    if longer:
+        rows = torch.tensor([group_of[j] for j in longer], dtype=torch.long)
+        cache.batch_select_indices(rows.to(device))
+        steps = max(len(token_lists[j]) - 1 for j in longer)
+        ids2 = torch.full((len(longer), steps), pad, dtype=torch.long)
+        mask2 = torch.zeros(len(longer), steps, dtype=torch.long)
+        for r, j in enumerate(longer):
+            k = len(token_lists[j]) - 1
+            ids2[r, :k] = torch.tensor(token_lists[j][:-1], dtype=torch.long)
+            mask2[r, :k] = 1
+        positions2 = mask[rows].sum(dim=1, keepdim=True) + torch.arange(steps)[None, :]
+        out2 = model(
+            input_ids=ids2.to(device),
+            attention_mask=torch.cat([mask[rows], mask2], dim=1).to(device),
+            position_ids=positions2.to(device),
+            past_key_values=cache,
+            use_cache=True,
+        )
+        rest = out2.logits
+    chosen, row_of = [], {j: r for r, j in enumerate(longer)}
+    for j, tokens in enumerate(token_lists):
+        chosen.append(first[group_of[j] : group_of[j] + 1])
+        if len(tokens) > 1:
+            chosen.append(rest[row_of[j], : len(tokens) - 1])
+    return torch.cat(chosen, dim=0)
+
+
+# ---------------------------------------------------------------------- model_args
+
+
+def _member_specs(models, weights, names, dtype, device, revision, chat_template, trust_remote_code) -> list[dict]:
+    paths = _items(models)
+    if not paths:
+        raise ConfigError("models is missing: give model paths separated by '|', e.g. models=org/a|./b.")
+    count = len(paths)
+    columns = {
+        "weight": _per_member(weights, count, "weights", float),
+        "name": _per_member(names, count, "names", str),
+        "dtype": _per_member(dtype, count, "dtype", str),
+        "device": _per_member(device, count, "device", str),
+        "revision": _per_member(revision, count, "revision", str),
+        "chat_template": _per_member(chat_template, count, "chat_template", _template_flag),
+        "trust_remote_code": _per_member(trust_remote_code, count, "trust_remote_code", _bool),
+    }
+    specs = []
+    for i, path in enumerate(paths):
+        spec = {"path": str(path).strip()}
+        spec.update({key: values[i] for key, values in columns.items() if values[i] is not None})
+        specs.append(spec)
+    return specs
+
+
+def _items(value) -> list | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [v for v in value.split("|")]
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [value]
+
+
+def _per_member(value, count: int, field: str, convert) -> list:
+    items = _items(value)
+    if items is None:
+        return [None] * count
+    if len(items) == 1:
+        items = items * count
+    if len(items) != count:
+        raise ConfigError(f"{field} has {len(items)} values for {count} models; give one value or one per model ('|').")
+    try:
+        return [convert(handle_arg_string(v) if isinstance(v, str) else v) for v in items]
+    except (TypeError, ValueError):
+        raise ConfigError(f"{field} has a value that is not valid: {value!r}.") from None
+
+
+def _bool(value) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise ValueError(value)
+
+
+def _template_flag(value) -> bool | str:
+    return value if isinstance(value, (bool, str)) else str(value)
+
+
+def _batch_size(value) -> int | None:
+    """An int, a digit string, or lm-eval's 'auto'/'auto:N' (no automatic search here: the default)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        if value.startswith("auto"):
+            log.warning("batch_size '%s': mixens has no automatic batch size; using %d.", value, DEFAULT_BATCH_SIZE)
+            return DEFAULT_BATCH_SIZE
+        if not value.strip().isdigit():
+            raise ConfigError(f"batch_size must be a positive integer or 'auto', got {value!r}.")
+        value = int(value)
+    if not isinstance(value, int) or value < 1:
+        raise ConfigError(f"batch_size must be a positive integer or 'auto', got {value!r}.")
+    return value
+
+
+def _available_or_auto(device: str) -> str:
+    try:
+        validate_device(device, "--device")
+    except ConfigError as err:
+        log.warning("%s Using 'auto' instead.", err)
+        return "auto"
+    return device
+
+
+def _batch_seed(seed: int, group: int, batch: int) -> int:
+    return int(np.random.SeedSequence([seed, group, batch]).generate_state(1)[0])
+
+
+def main() -> None:
+    """lm-eval's CLI with the "mixens" model registered."""
+    from lm_eval.__main__ import cli_evaluate
+
+    cli_evaluate()
+
+
+if __name__ == "__main__":
+    # `python -m mixens.harness`: make later imports find this module instead of registering a second copy.
+    sys.modules.setdefault("mixens.harness", sys.modules["__main__"])
+    main()

@@ -1,0 +1,322 @@
+"""The lm-eval adapter (mixens.harness) on tiny models: parity with lm-eval's own `hf` model for one member,
+the mixture likelihoods of ensembles, the registry and model_args, and one real task end to end.
+
+Float32 tolerance: the fixture's models are deliberately peaked, so a continuation's log-likelihood reaches
+-290, where neighbouring float32 numbers are 3e-5 apart; there lm-eval's `hf` model differs from a float64
+run of itself by up to 1.5e-5, and from itself at another batch size by up to 7.6e-6. Parity is therefore "within 1e-5, or 4 float32 epsilons of the value where that
+is larger" (rel=5e-7). A tokenisation or position bug moves a value by whole units, so the check still bites;
+the token ids themselves are compared exactly.
+"""
+from __future__ import annotations
+
+import math
+
+import lm_eval
+import pytest
+import torch
+from conftest import SHARED_HUB, spec
+from lm_eval.api.instance import Instance
+from lm_eval.api.registry import get_model
+from lm_eval.models.huggingface import HFLM
+from lm_eval.tasks import TaskManager
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+import mixens
+from mixens.harness import EnsembleLM
+from mixens.spec import ConfigError
+from mixens.tasks import TASKS_DIR
+
+REL = 5e-7  # 4 float32 epsilons
+
+MULTIPLE_CHOICE = {
+    "The capital of France is": [" Paris", " Rome", " Berlin", " a city in Europe"],
+    "Question: what is 12 + 30?\nAnswer:": [" 42", " 24", " 12 + 30 = 42"],
+    "Janet has 16 eggs; she eats 3 ": ["eggs", "and bakes 4"],  # trailing space moves to the continuation
+    "def add(a, b):\n    return": [" a + b", " a - b", "\n"],
+    "": [" Hello", "The", "<|endoftext|> Hi"],  # empty context: the BOS/EOS prefix token, unless it starts the text
+}
+GENERATION_KWARGS = [
+    {"until": ["\n", "."], "max_gen_toks": 12, "do_sample": False},
+    {"until": " ", "max_gen_toks": 12},
+    {"until": ["e", "a"], "max_gen_toks": 12, "temperature": 0.0},
+    {"max_gen_toks": 12},  # no until: the EOS text is the stop string
+]
+PROMPTS = ["The capital of France is", "Question: what is 12 + 30?\nAnswer:", "Hi", "def add(a, b):"]
+CHAT_TEMPLATE = (  # the fixture's tokenizers have none; like most templates it writes BOS itself
+    "{{ bos_token or '' }}{% for m in messages %}<|user|>{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+TEXTS = [
+    "The capital of France is Paris. The capital of Italy is Rome. " * 3,
+    "Question: what is 12 + 30? Answer: 42.\nQuestion: 7 * 6? Answer: 42.",
+    "Über café naïve — déjà vu! 東京 is a city.",
+]
+
+
+def loglikelihood_requests(pairs) -> list[Instance]:
+    return [Instance("loglikelihood", {}, pair, i) for i, pair in enumerate(pairs)]
+
+
+def multiple_choice_pairs(extra=()) -> list[tuple[str, str]]:
+    return [(c, x) for c, xs in MULTIPLE_CHOICE.items() for x in xs] + list(extra)
+
+
+def single(path: str, name: str, **kwargs) -> EnsembleLM:
+    return EnsembleLM(ensemble=mixens.load_ensemble([spec(path, name)], "single"), **kwargs)
+
+
+def next_token_probs(models: dict, weights: dict, ids: list[int]) -> torch.Tensor:
+    """sum_i w_i P_i(. | ids) over every position, computed directly from each model's own logits (float64)."""
+    with torch.no_grad():
+        logits = {n: models[n](torch.tensor([ids])).logits[0].double() for n in weights}
+    return sum(w * torch.softmax(logits[n], dim=-1) for n, w in weights.items())
+
+
+def greedy_pair(path_or_models, weights=None, tokens: int = 3) -> tuple[str, str]:
+    """A prompt and the text greedily written after it (by one model, or by the mixture of `weights`), cut to
+    the longest run of greedy tokens that tokenises back to itself: a continuation lm-eval calls greedy.
+    The tiny models write byte soup, so not every prompt has one."""
+    if weights is None:
+        path = path_or_models
+        models, weights = {"m": AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()}, {"m": 1.0}
+    else:
+        path, models = next(iter(path_or_models.values())).name_or_path, path_or_models
+    tok = AutoTokenizer.from_pretrained(path)
+    for context in PROMPTS:
+        context_ids = tok(context)["input_ids"]
+        ids = list(context_ids)
+        for _ in range(tokens):
+            ids.append(int(next_token_probs(models, weights, ids)[-1].argmax()))
+        new = ids[len(context_ids) :]
+        for k in range(len(new), 0, -1):
+            text = tok.decode(new[:k])
+            if tok(context + text)["input_ids"] == context_ids + new[:k]:
+                return context, text
+    raise AssertionError("no prompt has a greedy continuation that survives re-tokenisation")
+
+
+@pytest.fixture(scope="module")
+def hf_models(tiny_models):
+    return {name: HFLM(pretrained=tiny_models[name], device="cpu", batch_size=4) for name in ("bpe_a", "sp_c")}
+
+
+@pytest.fixture(scope="module")
+def singles(tiny_models):
+    return {name: single(tiny_models[name], name, batch_size=4) for name in ("bpe_a", "sp_c")}
+
+
+# ---------------------------------------------------------------------------------- parity with lm-eval's hf
+
+
+@pytest.mark.parametrize("name", ["bpe_a", "sp_c"])
+def test_loglikelihood_equals_lm_evals_hf_model(tiny_models, hf_models, singles, name):
+    hf, ours = hf_models[name], singles[name]
+    pairs = multiple_choice_pairs([greedy_pair(tiny_models[name])])
+    seen = []  # the token ids lm-eval's model scores
+    original = hf._loglikelihood_tokens
+    hf._loglikelihood_tokens = lambda reqs, **kw: seen.extend(reqs) or original(reqs, **kw)
+    try:
+        expected = hf.loglikelihood(loglikelihood_requests(pairs), disable_tqdm=True)
+    finally:
+        del hf._loglikelihood_tokens
+    got = ours.loglikelihood(loglikelihood_requests(pairs), disable_tqdm=True)
+
+    assert [ours.encoders[0].pair(*pair) for pair in pairs] == [(ctx, cont) for _, ctx, cont in seen]
+    for pair, (want, want_greedy), (have, have_greedy) in zip(pairs, expected, got):
+        assert have == pytest.approx(want, rel=REL, abs=1e-5), pair
+        assert have_greedy == want_greedy, pair
+    assert any(g for _, g in expected) and not all(g for _, g in expected)  # both outcomes are exercised
+
+
+@pytest.mark.parametrize("name", ["bpe_a", "sp_c"])
+def test_greedy_generation_equals_lm_evals_hf_model(tiny_models, hf_models, name):
+    hf = hf_models[name]
+    ours = single(tiny_models[name], name, batch_size=hf.batch_size)
+    requests = [
+        Instance("generate_until", {}, (prompt, dict(kwargs)), i)
+        for i, (prompt, kwargs) in enumerate((p, k) for k in GENERATION_KWARGS for p in PROMPTS)
+    ]
+    expected = hf.generate_until(requests, disable_tqdm=True)
+    got = ours.generate_until(requests, disable_tqdm=True)
+    assert got == expected
+    uncut = expected[-len(PROMPTS) :]  # the same 12 tokens, no stop string but EOS
+    shorter = [len(t) < len(uncut[i % len(PROMPTS)]) for i, t in enumerate(expected[: -len(PROMPTS)])]
+    assert sum(shorter) >= 3  # the stop strings did cut generations
+    assert ours.speed_stats.sequences == len(requests) and ours.speed_stats.tokens_generated > 0
+
+
+@pytest.mark.parametrize("name", ["bpe_a", "sp_c"])
+@pytest.mark.parametrize("max_length", [None, 24])
+def test_loglikelihood_rolling_equals_lm_evals_hf_model(tiny_models, singles, name, max_length):
+    if max_length is None:
+        hf, ours = HFLM(pretrained=tiny_models[name], device="cpu", batch_size=4), singles[name]
+    else:  # several windows per text
+        hf = HFLM(pretrained=tiny_models[name], device="cpu", batch_size=4, max_length=max_length)
+        ours = EnsembleLM(ensemble=singles[name].ensemble, batch_size=4, max_length=max_length)
+    requests = [Instance("loglikelihood_rolling", {}, (text,), i) for i, text in enumerate(TEXTS)]
+    expected = hf.loglikelihood_rolling(requests, disable_tqdm=True)
+    got = ours.loglikelihood_rolling(requests, disable_tqdm=True)
+    assert got == pytest.approx(expected, rel=REL, abs=1e-4)
+
+
+def test_requests_sharing_a_context_share_its_forward(singles):
+    lm = EnsembleLM(ensemble=singles["bpe_a"].ensemble, batch_size=64)
+    shapes = []
+    hook = lm.members[0].model.register_forward_pre_hook(
+        lambda module, args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True
+    )
+    try:
+        lm.loglikelihood(loglikelihood_requests(multiple_choice_pairs()), disable_tqdm=True)
+    finally:
+        hook.remove()
+    # One batch: the distinct contexts once, then every continuation longer than a token on their cache.
+    multi_token = [p for p in multiple_choice_pairs() if len(lm.encoders[0].pair(*p)[1]) > 1]
+    assert [rows for rows, _ in shapes] == [len(MULTIPLE_CHOICE), len(multi_token)]
+
+
+@pytest.mark.parametrize("name", ["bpe_a", "sp_c"])
+def test_chat_template_members_read_lm_evals_prompts_through_their_template(tiny_models, hf_models, name):
+    lm = EnsembleLM(
+        ensemble=mixens.load_ensemble([spec(tiny_models[name], name, chat_template=CHAT_TEMPLATE)], "single")
+    )
+    prompt = lm.apply_chat_template([{"role": "user", "content": "What is 12 + 30?"}])
+    rendered, _ = lm.members[0].render_prompt(prompt)
+    assert rendered.endswith("<|user|>What is 12 + 30?\n<|assistant|>") and CHAT_TEMPLATE in lm.chat_template(True)
+    # lm-eval's hf model given the rendered text: the same numbers and the same generation.
+    continuations = [" 42", "The answer is 42"]
+    got = lm.loglikelihood(loglikelihood_requests([(prompt, c) for c in continuations]), disable_tqdm=True)
+    hf = hf_models[name]
+    expected = hf.loglikelihood(loglikelihood_requests([(rendered, c) for c in continuations]), disable_tqdm=True)
+    assert [v for v, _ in got] == pytest.approx([v for v, _ in expected], rel=REL, abs=1e-5)
+
+    def generate(model, text):
+        return model.generate_until([Instance("generate_until", {}, (text, {"max_gen_toks": 8}), 0)])
+
+    assert generate(lm, prompt) == generate(hf, rendered)
+
+    with pytest.raises(ConfigError, match="fewshot_as_multiturn"):
+        lm.apply_chat_template([{"role": "user", "content": "1+1?"}, {"role": "assistant", "content": "2"}])
+    with pytest.raises(ConfigError, match="chat_template=true"):
+        single(tiny_models[name], name).apply_chat_template([{"role": "user", "content": "Hi"}])
+
+
+# ---------------------------------------------------------------------------------- ensemble likelihoods
+
+
+@pytest.mark.parametrize("weights", [(0.5, 0.5), (0.2, 0.8)])
+def test_two_copies_of_one_model_score_as_that_model(tiny_models, singles, weights):
+    path = tiny_models["bpe_a"]
+    copies = mixens.load_ensemble([spec(path, "a1", weights[0]), spec(path, "a2", weights[1])], "mixture")
+    lm = EnsembleLM(ensemble=copies, batch_size=4)
+    pairs = multiple_choice_pairs()
+    expected = singles["bpe_a"].loglikelihood(loglikelihood_requests(pairs), disable_tqdm=True)
+    got = lm.loglikelihood(loglikelihood_requests(pairs), disable_tqdm=True)
+    assert [g for _, g in got] == [g for _, g in expected]
+    assert [v for v, _ in got] == pytest.approx([v for v, _ in expected], rel=0, abs=1e-5)
+    rolling = [Instance("loglikelihood_rolling", {}, (TEXTS[0],), 0)]
+    assert lm.loglikelihood_rolling(rolling) == pytest.approx(singles["bpe_a"].loglikelihood_rolling(rolling), abs=1e-5)
+
+
+def test_shared_vocabulary_mixture_equals_the_mixture_of_each_models_logits(tiny_models):
+    weights = {"bpe_a": 0.3, "bpe_b": 0.7}
+    models = {n: AutoModelForCausalLM.from_pretrained(tiny_models[n], dtype=torch.float32).eval() for n in weights}
+    greedy = greedy_pair(models, weights)
+    pairs = [("The capital of France is", " Paris, a city"), greedy]
+    ensemble = mixens.load_ensemble([spec(tiny_models[n], n, w) for n, w in weights.items()], "averaging")
+    got = EnsembleLM(ensemble=ensemble, batch_size=4).loglikelihood(loglikelihood_requests(pairs), disable_tqdm=True)
+
+    tok = AutoTokenizer.from_pretrained(tiny_models["bpe_a"])
+    alone = {n: single(tiny_models[n], n) for n in weights}
+    for (context, continuation), (value, is_greedy) in zip(pairs, got):
+        context_ids = tok(context)["input_ids"]
+        tokens = tok(context + continuation)["input_ids"][len(context_ids) :]
+        probs = next_token_probs(models, weights, context_ids + tokens[:-1])[len(context_ids) - 1 :]
+        target = torch.tensor(tokens)
+        assert value == pytest.approx(float(probs.gather(1, target[:, None]).log().sum()), rel=REL, abs=1e-5)
+        assert is_greedy == bool((probs.argmax(dim=-1) == target).all())
+        # Not either member's own number: the test would catch a harness that scored one member.
+        for n in weights:
+            [(member_value, _)] = alone[n].loglikelihood(loglikelihood_requests([(context, continuation)]))
+            assert abs(member_value - value) > 1e-2
+    assert [g for _, g in got] == [False, True]
+
+
+def test_different_tokenizers_score_the_sequence_level_mixture(tiny_models, singles):
+    weights = {"bpe_a": 0.4, "sp_c": 0.6}
+    ensemble = mixens.load_ensemble([spec(tiny_models[n], n, w) for n, w in weights.items()], "mixture")
+    assert not ensemble.shared_vocabulary
+    lm = EnsembleLM(ensemble=ensemble, batch_size=4)
+    pairs = multiple_choice_pairs()
+    got = lm.loglikelihood(loglikelihood_requests(pairs), disable_tqdm=True)
+    alone = {n: singles[n].loglikelihood(loglikelihood_requests(pairs), disable_tqdm=True) for n in weights}
+    for i, (value, is_greedy) in enumerate(got):
+        assert math.isfinite(value)
+        parts = [(w, alone[n][i]) for n, w in weights.items()]
+        assert value == pytest.approx(math.log(sum(w * math.exp(logp) for w, (logp, _) in parts)), abs=1e-9)
+        assert is_greedy == all(g for _, (_, g) in parts)
+
+    rolling = [Instance("loglikelihood_rolling", {}, (text,), i) for i, text in enumerate(TEXTS)]
+    got_rolling = lm.loglikelihood_rolling(rolling)
+    alone_rolling = {n: singles[n].loglikelihood_rolling(rolling) for n in weights}
+    for i, value in enumerate(got_rolling):
+        mixed = [math.log(w) + alone_rolling[n][i] for n, w in weights.items()]
+        top = max(mixed)
+        assert value == pytest.approx(top + math.log(sum(math.exp(m - top) for m in mixed)), abs=1e-9)
+
+
+# ---------------------------------------------------------------------------------- registry and arguments
+
+
+def test_registered_under_mixens_next_to_lm_evals_own_models():
+    assert get_model("mixens") is EnsembleLM
+    assert get_model("hf") is HFLM
+
+
+def test_create_from_arg_string_builds_a_working_ensemble(tiny_models):
+    args = (
+        f"models={tiny_models['bpe_a']}|{tiny_models['bpe_b']},weights=0.6|0.4,names=x|y,"
+        "strategy=averaging,device=cpu,seed=3,max_gen_toks=5"
+    )
+    # lm-eval's own --batch_size/--device: the batch size applies, the device in model_args wins.
+    lm_eval_options = {"batch_size": "2", "device": "cuda:7", "max_batch_size": None}
+    lm = get_model("mixens").create_from_arg_string(args, lm_eval_options)
+    assert [(m.name, m.weight, str(m.device)) for m in lm.members] == [("x", 0.6, "cpu"), ("y", 0.4, "cpu")]
+    assert (lm.ensemble.strategy.name, lm.batch_size, lm.seed, lm.max_gen_toks) == ("averaging", 2, 3, 5)
+    [text] = lm.generate_until([Instance("generate_until", {}, ("The capital of", {"do_sample": False}), 0)])
+    assert isinstance(text, str) and lm.speed_stats.tokens_generated <= 5
+    [(value, _)] = lm.loglikelihood(loglikelihood_requests([("The capital of", " France")]))
+    assert math.isfinite(value) and value < 0
+
+
+def test_bad_arguments_get_one_clear_sentence(tiny_models, singles):
+    with pytest.raises(ConfigError, match="temprature"):
+        EnsembleLM.create_from_arg_string(f"models={tiny_models['bpe_a']},temprature=1")
+    with pytest.raises(ConfigError, match="weights has 3 values for 2 models"):
+        EnsembleLM.create_from_arg_string(f"models={tiny_models['bpe_a']}|{tiny_models['bpe_b']},weights=1|2|3")
+    request = Instance("generate_until", {}, ("Hi", {"max_gen_toks": 2, "repetition_penalty": 1.2}), 0)
+    with pytest.raises(ConfigError, match="repetition_penalty"):
+        singles["bpe_a"].generate_until([request])
+
+
+# ---------------------------------------------------------------------------------- a real task
+
+
+@pytest.mark.skipif(not (SHARED_HUB / "openai" / "gsm8k").is_dir(), reason=f"no offline GSM8K at {SHARED_HUB}")
+def test_gsm8k_paper_end_to_end(tiny_models, monkeypatch):
+    monkeypatch.chdir(SHARED_HUB)  # lm-eval resolves openai/gsm8k to the folder here
+    ensemble = mixens.load_ensemble(
+        [spec(tiny_models["bpe_a"], "a", 0.5), spec(tiny_models["sp_c"], "c", 0.5)], "mixture"
+    )
+    lm = EnsembleLM(ensemble=ensemble, batch_size=2, seed=0)
+    results = lm_eval.simple_evaluate(
+        model=lm,
+        tasks=["gsm8k_paper"],
+        limit=2,
+        bootstrap_iters=0,
+        task_manager=TaskManager(include_path=str(TASKS_DIR), include_defaults=False),
+        gen_kwargs={"max_gen_toks": 6},
+    )
+    assert 0.0 <= results["results"]["gsm8k_paper"]["exact_match,extract"] <= 1.0
+    assert lm.speed_stats.sequences == 2 and 0 < lm.speed_stats.tokens_generated <= 12
+    assert set(lm.speed_stats.members) == {"a", "c"}
+    assert [m["name"] for m in results["config"]["ensemble_members"]] == ["a", "c"]
