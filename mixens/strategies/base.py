@@ -52,7 +52,8 @@ class Strategy:
         running = [i for i in range(routing.shape[1]) if routing[:, i].any()]
         total = None
         for i in running:
-            part = routing[:, i : i + 1].to(torch.float32) * outputs.transformed(i, sampling).float()
+            dist = outputs.transformed(i, sampling).float()
+            part = routing[:, i : i + 1].to(dist) * dist  # routing lives on the CPU, dist maybe on a GPU
             total = part if total is None else total + part.to(total.device)
         return total
 
