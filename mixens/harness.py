@@ -66,7 +66,7 @@ from transformers import DynamicCache
 from mixens.decoding import GenerationStats
 from mixens.ensemble import Ensemble, load_ensemble
 from mixens.members import Member, describe
-from mixens.spec import ConfigError, validate_device
+from mixens.spec import ConfigError, GenerationOptions, validate_device
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ class EnsembleLM(LM):
         lengths = [self._member_max_length(m) for m in ensemble.members]
         if ensemble.shared_vocabulary:  # one window size, so that every member scores the same tokens
             lengths = [min(lengths)] * len(lengths)
-        self.encoders = [_MemberEncoder(m, n) for m, n in zip(ensemble.members, lengths)]
+        self.encoders = [MemberEncoder(m, n) for m, n in zip(ensemble.members, lengths)]
 
     # ------------------------------------------------------------------ construction from lm-eval
 
@@ -307,14 +307,15 @@ class EnsembleLM(LM):
         greedy = not do_sample or float(temperature) == 0.0
         top_k = gen_kwargs.get("top_k")
         top_p = gen_kwargs.get("top_p")
-        return {
+        options = {
             "max_new_tokens": max_new_tokens,
             "do_sample": not greedy,
             "temperature": 1.0 if greedy else float(temperature),
             "top_k": int(top_k) if top_k is not None else 0,
             "top_p": float(top_p) if top_p is not None else 1.0,
-            "until": until,
         }
+        GenerationOptions(**options)  # the core's checks, before any group runs
+        return {**options, "until": until}
 
     def _eos_texts(self) -> list[str]:
         texts = []
@@ -405,7 +406,7 @@ def sequence_mixture(member_scores: Sequence[Sequence], weights: Sequence[float]
 # ---------------------------------------------------------------------- tokenisation (as lm-eval's HF model)
 
 
-class _MemberEncoder:
+class MemberEncoder:
     """One member's ids for lm-eval's strings, following lm-eval's HFLM (tok_encode, _encode_pair, rolling)."""
 
     def __init__(self, member: Member, max_length: int):

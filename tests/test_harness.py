@@ -145,6 +145,23 @@ def test_greedy_generation_equals_lm_evals_hf_model(tiny_models, hf_models, name
     assert ours.speed_stats.sequences == len(requests) and ours.speed_stats.tokens_generated > 0
 
 
+def test_sampling_kwargs_reach_the_decoder(singles):
+    lm = singles["bpe_a"]
+
+    def generate(**kwargs):
+        requests = [Instance("generate_until", {}, (p, {"max_new_tokens": 10, **kwargs}), i) for i, p in enumerate(PROMPTS)]
+        return lm.generate_until(requests, disable_tqdm=True)
+
+    greedy = generate(do_sample=False)
+    # top_k=1 and a tiny top_p leave one candidate: sampling then is greedy decoding.
+    assert generate(do_sample=True, temperature=0.7, top_k=1) == greedy
+    assert generate(do_sample=True, top_p=1e-6) == greedy
+    sampled = generate(do_sample=True, temperature=1.5)
+    assert sampled != greedy and generate(do_sample=True, temperature=1.5) == sampled  # seeded
+    with pytest.raises(ConfigError, match="top_p"):
+        generate(do_sample=True, top_p=0.0)
+
+
 @pytest.mark.parametrize("name", ["bpe_a", "sp_c"])
 @pytest.mark.parametrize("max_length", [None, 24])
 def test_loglikelihood_rolling_equals_lm_evals_hf_model(tiny_models, singles, name, max_length):
