@@ -8,7 +8,7 @@ import math
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 STRATEGIES = ("mixture", "averaging", "averaging_topk_union", "single")
@@ -140,7 +140,6 @@ class GenerationOptions:
     top_k: int = 0
     top_p: float = 1.0
     seed: int = 0
-    until: tuple = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
