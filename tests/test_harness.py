@@ -1,11 +1,12 @@
 """The lm-eval adapter (mixens.harness) on tiny models: parity with lm-eval's own `hf` model for one member,
 the mixture likelihoods of ensembles, the registry and model_args, and one real task end to end.
 
-Float32 tolerance: the fixture's models are deliberately peaked, so a continuation's log-likelihood reaches
--290, where neighbouring float32 numbers are 3e-5 apart; there lm-eval's `hf` model differs from a float64
-run of itself by up to 1.5e-5, and from itself at another batch size by up to 7.6e-6. Parity is therefore "within 1e-5, or 4 float32 epsilons of the value where that
-is larger" (rel=5e-7). A tokenisation or position bug moves a value by whole units, so the check still bites;
-the token ids themselves are compared exactly.
+Parity with lm-eval's `hf` model is checked in float64, where every log-likelihood must agree within 1e-5, and
+in float32, the precision runs use. The fixture's models are deliberately peaked, so a continuation's
+log-likelihood reaches -290, where neighbouring float32 numbers are 3e-5 apart and lm-eval's `hf` model differs
+from itself at another batch size by up to 7.6e-6; in float32 the bound is therefore "within 1e-5, or 4 float32
+epsilons of the value where that is larger" (rel=5e-7). A tokenisation or position bug moves a value by whole
+units, so both checks bite; the token ids themselves are compared exactly.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from mixens.spec import ConfigError
 from mixens.tasks import TASKS_DIR
 
 REL = 5e-7  # 4 float32 epsilons
+TOLERANCE = {"float64": {"rel": 0, "abs": 1e-5}, "float32": {"rel": REL, "abs": 1e-5}}
 
 MULTIPLE_CHOICE = {
     "The capital of France is": [" Paris", " Rome", " Berlin", " a city in Europe"],
@@ -61,8 +63,8 @@ def multiple_choice_pairs(extra=()) -> list[tuple[str, str]]:
     return [(c, x) for c, xs in MULTIPLE_CHOICE.items() for x in xs] + list(extra)
 
 
-def single(path: str, name: str, **kwargs) -> EnsembleLM:
-    return EnsembleLM(ensemble=mixens.load_ensemble([spec(path, name)], "single"), **kwargs)
+def single(path: str, name: str, dtype: str = "float32", **kwargs) -> EnsembleLM:
+    return EnsembleLM(ensemble=mixens.load_ensemble([spec(path, name, dtype=dtype)], "single"), **kwargs)
 
 
 def next_token_probs(models: dict, weights: dict, ids: list[int]) -> torch.Tensor:
@@ -97,20 +99,37 @@ def greedy_pair(path_or_models, weights=None, tokens: int = 3) -> tuple[str, str
 
 @pytest.fixture(scope="module")
 def hf_models(tiny_models):
-    return {name: HFLM(pretrained=tiny_models[name], device="cpu", batch_size=4) for name in ("bpe_a", "sp_c")}
+    """lm-eval's own HF model per (tiny model, dtype), built on first use."""
+    built = {}
+
+    def get(name: str, dtype: str = "float32") -> HFLM:
+        if (name, dtype) not in built:
+            built[name, dtype] = HFLM(pretrained=tiny_models[name], device="cpu", batch_size=4, dtype=dtype)
+        return built[name, dtype]
+
+    return get
 
 
 @pytest.fixture(scope="module")
 def singles(tiny_models):
-    return {name: single(tiny_models[name], name, batch_size=4) for name in ("bpe_a", "sp_c")}
+    """mixens' `single` strategy per (tiny model, dtype), built on first use."""
+    built = {}
+
+    def get(name: str, dtype: str = "float32") -> EnsembleLM:
+        if (name, dtype) not in built:
+            built[name, dtype] = single(tiny_models[name], name, dtype=dtype, batch_size=4)
+        return built[name, dtype]
+
+    return get
 
 
 # ---------------------------------------------------------------------------------- parity with lm-eval's hf
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("name", ["bpe_a", "sp_c"])
-def test_loglikelihood_equals_lm_evals_hf_model(tiny_models, hf_models, singles, name):
-    hf, ours = hf_models[name], singles[name]
+def test_loglikelihood_equals_lm_evals_hf_model(tiny_models, hf_models, singles, name, dtype):
+    hf, ours = hf_models(name, dtype), singles(name, dtype)
     pairs = multiple_choice_pairs([greedy_pair(tiny_models[name])])
     seen = []  # the token ids lm-eval's model scores
     original = hf._loglikelihood_tokens
@@ -123,14 +142,14 @@ def test_loglikelihood_equals_lm_evals_hf_model(tiny_models, hf_models, singles,
 
     assert [ours.encoders[0].pair(*pair) for pair in pairs] == [(ctx, cont) for _, ctx, cont in seen]
     for pair, (want, want_greedy), (have, have_greedy) in zip(pairs, expected, got):
-        assert have == pytest.approx(want, rel=REL, abs=1e-5), pair
+        assert have == pytest.approx(want, **TOLERANCE[dtype]), pair
         assert have_greedy == want_greedy, pair
     assert any(g for _, g in expected) and not all(g for _, g in expected)  # both outcomes are exercised
 
 
 @pytest.mark.parametrize("name", ["bpe_a", "sp_c"])
 def test_greedy_generation_equals_lm_evals_hf_model(tiny_models, hf_models, name):
-    hf = hf_models[name]
+    hf = hf_models(name)
     ours = single(tiny_models[name], name, batch_size=hf.batch_size)
     requests = [
         Instance("generate_until", {}, (prompt, dict(kwargs)), i)
@@ -146,7 +165,7 @@ def test_greedy_generation_equals_lm_evals_hf_model(tiny_models, hf_models, name
 
 
 def test_sampling_kwargs_reach_the_decoder(singles):
-    lm = singles["bpe_a"]
+    lm = singles("bpe_a")
 
     def generate(**kwargs):
         requests = [Instance("generate_until", {}, (p, {"max_new_tokens": 10, **kwargs}), i) for i, p in enumerate(PROMPTS)]
@@ -162,22 +181,25 @@ def test_sampling_kwargs_reach_the_decoder(singles):
         generate(do_sample=True, top_p=0.0)
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("name", ["bpe_a", "sp_c"])
 @pytest.mark.parametrize("max_length", [None, 24])
-def test_loglikelihood_rolling_equals_lm_evals_hf_model(tiny_models, singles, name, max_length):
+def test_loglikelihood_rolling_equals_lm_evals_hf_model(tiny_models, hf_models, singles, name, max_length, dtype):
     if max_length is None:
-        hf, ours = HFLM(pretrained=tiny_models[name], device="cpu", batch_size=4), singles[name]
+        hf, ours = hf_models(name, dtype), singles(name, dtype)
     else:  # several windows per text
-        hf = HFLM(pretrained=tiny_models[name], device="cpu", batch_size=4, max_length=max_length)
-        ours = EnsembleLM(ensemble=singles[name].ensemble, batch_size=4, max_length=max_length)
+        hf = HFLM(pretrained=tiny_models[name], device="cpu", batch_size=4, max_length=max_length, dtype=dtype)
+        ours = EnsembleLM(ensemble=singles(name, dtype).ensemble, batch_size=4, max_length=max_length)
     requests = [Instance("loglikelihood_rolling", {}, (text,), i) for i, text in enumerate(TEXTS)]
     expected = hf.loglikelihood_rolling(requests, disable_tqdm=True)
     got = ours.loglikelihood_rolling(requests, disable_tqdm=True)
-    assert got == pytest.approx(expected, rel=REL, abs=1e-4)
+    # float32 sums of up to ~100 rounded terms per window: 4 epsilons of the total, or 1e-4
+    tolerance = TOLERANCE[dtype] if dtype == "float64" else {"rel": REL, "abs": 1e-4}
+    assert got == pytest.approx(expected, **tolerance)
 
 
 def test_requests_sharing_a_context_share_its_forward(singles):
-    lm = EnsembleLM(ensemble=singles["bpe_a"].ensemble, batch_size=64)
+    lm = EnsembleLM(ensemble=singles("bpe_a").ensemble, batch_size=64)
     shapes = []
     hook = lm.members[0].model.register_forward_pre_hook(
         lambda module, args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True
@@ -202,7 +224,7 @@ def test_chat_template_members_read_lm_evals_prompts_through_their_template(tiny
     # lm-eval's hf model given the rendered text: the same numbers and the same generation.
     continuations = [" 42", "The answer is 42"]
     got = lm.loglikelihood(loglikelihood_requests([(prompt, c) for c in continuations]), disable_tqdm=True)
-    hf = hf_models[name]
+    hf = hf_models(name)
     expected = hf.loglikelihood(loglikelihood_requests([(rendered, c) for c in continuations]), disable_tqdm=True)
     assert [v for v, _ in got] == pytest.approx([v for v, _ in expected], rel=REL, abs=1e-5)
 
@@ -226,12 +248,12 @@ def test_two_copies_of_one_model_score_as_that_model(tiny_models, singles, weigh
     copies = mixens.load_ensemble([spec(path, "a1", weights[0]), spec(path, "a2", weights[1])], "mixture")
     lm = EnsembleLM(ensemble=copies, batch_size=4)
     pairs = multiple_choice_pairs()
-    expected = singles["bpe_a"].loglikelihood(loglikelihood_requests(pairs), disable_tqdm=True)
+    expected = singles("bpe_a").loglikelihood(loglikelihood_requests(pairs), disable_tqdm=True)
     got = lm.loglikelihood(loglikelihood_requests(pairs), disable_tqdm=True)
     assert [g for _, g in got] == [g for _, g in expected]
     assert [v for v, _ in got] == pytest.approx([v for v, _ in expected], rel=0, abs=1e-5)
     rolling = [Instance("loglikelihood_rolling", {}, (TEXTS[0],), 0)]
-    assert lm.loglikelihood_rolling(rolling) == pytest.approx(singles["bpe_a"].loglikelihood_rolling(rolling), abs=1e-5)
+    assert lm.loglikelihood_rolling(rolling) == pytest.approx(singles("bpe_a").loglikelihood_rolling(rolling), abs=1e-5)
 
 
 def test_shared_vocabulary_mixture_equals_the_mixture_of_each_models_logits(tiny_models):
@@ -265,7 +287,7 @@ def test_different_tokenizers_score_the_sequence_level_mixture(tiny_models, sing
     lm = EnsembleLM(ensemble=ensemble, batch_size=4)
     pairs = multiple_choice_pairs()
     got = lm.loglikelihood(loglikelihood_requests(pairs), disable_tqdm=True)
-    alone = {n: singles[n].loglikelihood(loglikelihood_requests(pairs), disable_tqdm=True) for n in weights}
+    alone = {n: singles(n).loglikelihood(loglikelihood_requests(pairs), disable_tqdm=True) for n in weights}
     for i, (value, is_greedy) in enumerate(got):
         assert math.isfinite(value)
         parts = [(w, alone[n][i]) for n, w in weights.items()]
@@ -274,7 +296,7 @@ def test_different_tokenizers_score_the_sequence_level_mixture(tiny_models, sing
 
     rolling = [Instance("loglikelihood_rolling", {}, (text,), i) for i, text in enumerate(TEXTS)]
     got_rolling = lm.loglikelihood_rolling(rolling)
-    alone_rolling = {n: singles[n].loglikelihood_rolling(rolling) for n in weights}
+    alone_rolling = {n: singles(n).loglikelihood_rolling(rolling) for n in weights}
     for i, value in enumerate(got_rolling):
         mixed = [math.log(w) + alone_rolling[n][i] for n, w in weights.items()]
         top = max(mixed)
@@ -312,7 +334,7 @@ def test_bad_arguments_get_one_clear_sentence(tiny_models, singles):
         EnsembleLM.create_from_arg_string(f"models={tiny_models['bpe_a']}|{tiny_models['bpe_b']},weights=1|2|3")
     request = Instance("generate_until", {}, ("Hi", {"max_gen_toks": 2, "repetition_penalty": 1.2}), 0)
     with pytest.raises(ConfigError, match="repetition_penalty"):
-        singles["bpe_a"].generate_until([request])
+        singles("bpe_a").generate_until([request])
 
 
 # ---------------------------------------------------------------------------------- a real task
