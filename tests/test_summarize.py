@@ -1,0 +1,165 @@
+"""The summariser: results files written by mixens.tracking -> cells, tables and plots with known values."""
+from __future__ import annotations
+
+import csv
+import math
+import statistics
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+from scipy import stats
+
+from mixens.cli import CONF_DIR
+from mixens.plots import accuracy_series, lambda_series
+from mixens.summarize import PAPER_RESULTS, group_cells, load_runs, main, read_paper_results, summarize
+from mixens.tracking import write_results
+
+SMOL, GEMMA = "smollm2-135m-instruct", "gemma-3-270m"
+TASK, METRIC = "gsm8k_paper", "exact_match,extract"
+SEEDS = (1, 2, 3)
+# Scores per seed: CE mean 60 (std 10), ME mean 65, members alone 40 and 55 -> best single is Gemma.
+SCORES = {
+    "averaging_topk_union": (0.50, 0.60, 0.70),
+    "mixture": (0.55, 0.60, 0.80),
+    SMOL: (0.40, 0.40, 0.40),
+    GEMMA: (0.50, 0.55, 0.60),
+}
+
+
+def run_config(*overrides: str) -> dict:
+    """The resolved config of a job of the small preset, as the app would record it."""
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["+experiment=paper_small", *overrides])
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def write_run(folder: Path, config: dict, seed: int, score: float, tokens_per_second: float = 20.0) -> Path:
+    """A results.json through tracking's own writer, shaped like mixens.cli.record_run's record."""
+    config = {**config, "seed": seed}
+    record = {
+        "config": config,
+        "metrics": {TASK: {"alias": TASK, METRIC: score, "exact_match_stderr,extract": 0.1, "sample_len": 4}},
+        "speed": {"tokens_generated": 100, "wall_seconds": 100 / tokens_per_second,
+                  "tokens_per_second": tokens_per_second, "forward_passes_per_step": 1.0},
+        "versions": {}, "seed": seed, "git_commit": None,
+    }
+    return write_results(folder, record)
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("sweep")
+    configs = {
+        "averaging_topk_union": run_config("ensemble=averaging_topk_union"),
+        "mixture": run_config("ensemble=mixture"),
+        SMOL: run_config("ensemble=single", f"ensemble.member={SMOL}"),
+        GEMMA: run_config("ensemble=single", f"ensemble.member={GEMMA}"),
+    }
+    for name, config in configs.items():
+        for seed, score in zip(SEEDS, SCORES[name]):
+            write_run(root / "pool" / f"{name}_seed{seed}", config, seed, score)
+    # A weight sweep: ME faster as Gemma's weight rises (here by construction), CE flat.
+    for w_gemma, rate in ((0.25, 30.0), (0.75, 10.0)):
+        weights = (f"models.{SMOL}.weight={1 - w_gemma}", f"models.{GEMMA}.weight={w_gemma}")
+        for strategy, speed in (("mixture", rate), ("averaging_topk_union", 5.0)):
+            config = run_config(f"ensemble={strategy}", *weights)
+            write_run(root / "lambda" / f"{strategy}_{w_gemma}", config, 1, 0.3 + w_gemma / 10, speed)
+    (root / "broken").mkdir()
+    (root / "broken" / "results.json").write_text("{ not json")
+    return root
+
+
+def test_runs_are_grouped_into_cells_by_pool_strategy_topk_weights(sweep):
+    runs, skipped = load_runs([sweep])
+    assert len(skipped) == 1 and "broken" in skipped[0]
+    cells = group_cells(runs)
+    pools = {key.pool for key in cells}
+    assert pools == {(GEMMA, SMOL), (SMOL,), (GEMMA,)}  # sorted names; a single run is its member
+    assert {key.metric for key in cells} == {METRIC}  # stderr and sample_len are not scores
+    ce = [c for k, c in cells.items() if k.strategy == "averaging_topk_union" and k.weights == (0.5, 0.5)]
+    assert len(ce) == 1 and ce[0].key.top_k == 5 and ce[0].by_seed == dict(zip(SEEDS, SCORES["averaging_topk_union"]))
+    assert len(cells) == 4 + 4  # 4 equal-weight cells + 2 weightings x 2 strategies
+
+
+def test_the_table_has_means_stds_gains_and_paired_differences(sweep, tmp_path):
+    done = summarize([sweep], tmp_path / "out", paper_csv=None, plots=False)
+    rows = {(r["strategy"], r["pool"], r["weights"]): r for r in done["rows"]}
+    pair = f"{GEMMA}+{SMOL}"
+    ce, me = rows[("CE", pair, "0.5/0.5")], rows[("ME", pair, "0.5/0.5")]
+    assert ce["mean"] == pytest.approx(60.0) and ce["std"] == pytest.approx(10.0)
+    assert me["mean"] == pytest.approx(65.0)
+    assert me["std"] == pytest.approx(statistics.stdev([55.0, 60.0, 80.0]))
+    assert ce["best_single"] == me["best_single"] == GEMMA
+    assert ce["gain_over_best_single"] == pytest.approx(5.0) and me["gain_over_best_single"] == pytest.approx(10.0)
+    assert rows[("single", SMOL, "")]["mean"] == pytest.approx(40.0)
+
+    paired = {p["weights"]: p for p in done["paired"]}
+    assert paired["0.5/0.5"]["n_pairs"] == 3
+    assert paired["0.5/0.5"]["me_minus_ce"] == pytest.approx(5.0)  # differences 5, 0, 10
+    t = 5.0 / (5.0 / math.sqrt(3))  # mean / (sd / sqrt(n)) of the differences
+    assert paired["0.5/0.5"]["p_value"] == pytest.approx(2 * stats.t.sf(t, df=2))
+    assert math.isnan(paired["0.25/0.75"]["p_value"])  # one pair: no test
+
+    table = (tmp_path / "out" / "summary.md").read_text()
+    assert "| 60.00 ± 10.00 | +5.00 (gemma-3-270m) |" in table
+    assert "| 3 | +5.00 | 0.225 |" in table  # t = sqrt(3), df = 2
+    with (tmp_path / "out" / "cells.csv").open() as handle:
+        written = list(csv.DictReader(handle))
+    assert len(written) == 8 and {r["strategy"] for r in written} == {"CE", "ME", "single"}
+
+
+def test_plots_are_written_and_draw_the_inputs(sweep, tmp_path):
+    done = summarize([sweep], tmp_path, paper_csv=None)
+    assert {p.name for p in done["figures"]} == {"accuracy_by_strategy.png", "lambda_tradeoff.png"}
+    for path in done["figures"]:
+        assert path.stat().st_size > 10_000
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    bars = accuracy_series(done["cells"])[(TASK, METRIC)][f"{GEMMA}+{SMOL}"]
+    assert bars["CE k=5"] == pytest.approx((60.0, 10.0))
+    assert bars["ME k=5"][0] == pytest.approx(65.0)
+    assert bars["best single k=5"] == pytest.approx((55.0, 5.0))
+
+    lines = lambda_series(done["cells"])[(f"{GEMMA}+{SMOL}", TASK, METRIC)]
+    # x = Gemma's weight (first in the sorted pool): 0.25, 0.5 and 0.75, with their accuracy and speed
+    assert [p[0] for p in lines["ME k=5"]] == [0.25, 0.5, 0.75]
+    assert lines["ME k=5"][0] == pytest.approx((0.25, 32.5, 30.0))
+    assert lines["ME k=5"][2] == pytest.approx((0.75, 37.5, 10.0))
+    assert [p[2] for p in lines["CE k=5"]] == pytest.approx([5.0, 20.0, 5.0])
+
+
+def test_published_numbers_sit_beside_the_cells(sweep, tmp_path):
+    paper = tmp_path / "paper.csv"
+    paper.write_text(
+        "# a note\n"
+        "table,pool,strategy,top_k,task,metric,value,source\n"
+        f'T1,{SMOL}+{GEMMA},mixture,5,{TASK},"{METRIC}",71.3,test\n'
+        f"T1,{SMOL}+{GEMMA},averaging_topk_union,5,{TASK},,70.1,test\n"  # no metric: any
+    )
+    done = summarize([sweep], tmp_path / "out", paper_csv=paper, plots=False)
+    me = [r for r in done["rows"] if r["strategy"] == "ME" and r["weights"] == "0.5/0.5"][0]
+    ce = [r for r in done["rows"] if r["strategy"] == "CE" and r["weights"] == "0.5/0.5"][0]
+    assert me["paper"] == "71.3" and ce["paper"] == "70.1"
+    assert all(r["paper"] == "" for r in done["rows"] if r is not me and r is not ce)  # not other weights
+
+
+def test_the_shipped_paper_file_parses_and_an_empty_one_is_said(sweep, tmp_path):
+    read_paper_results(PAPER_RESULTS)  # header and notes only, or real rows: both must parse
+    empty = tmp_path / "empty.csv"
+    empty.write_text("table,pool,strategy,top_k,task,metric,value,source\n")
+    done = summarize([sweep], tmp_path / "out", paper_csv=empty, plots=False)
+    assert "not in experiments/paper_results.csv yet" in done["markdown"]
+
+
+def test_the_command_line_writes_next_to_the_outputs(sweep, capsys):
+    main([str(sweep / "pool"), "--no-plots"])
+    printed = capsys.readouterr().out
+    assert "ME minus CE" in printed and "12 runs in 4 cells" in printed
+    assert (sweep / "pool" / "summary" / "summary.md").exists()
+
+
+def test_no_results_is_a_clear_error(tmp_path):
+    with pytest.raises(SystemExit, match="no results.json"):
+        summarize([tmp_path], tmp_path / "out")
