@@ -10,7 +10,11 @@ units, so both checks bite; the token ids themselves are compared exactly.
 """
 from __future__ import annotations
 
+import json
 import math
+import os
+import subprocess
+import sys
 
 import lm_eval
 import pytest
@@ -309,6 +313,26 @@ def test_different_tokenizers_score_the_sequence_level_mixture(tiny_models, sing
 def test_registered_under_mixens_next_to_lm_evals_own_models():
     assert get_model("mixens") is EnsembleLM
     assert get_model("hf") is HFLM
+
+
+def test_lm_evals_own_cli_runs_the_mixens_model(tiny_models, tmp_path):
+    """`python -m mixens.harness` is lm-eval's CLI with "mixens" registered: a different-tokenizer pair on a
+    paper task, read from the offline mirror (the working directory)."""
+    models = f"{tiny_models['bpe_a']}|{tiny_models['sp_c']}"
+    args = [
+        sys.executable, "-m", "mixens.harness", "run", "--model", "mixens",
+        "--model_args", f"models={models},weights=0.6|0.4,strategy=mixture,device=cpu",
+        "--tasks", "gsm8k_paper", "--include_path", str(TASKS_DIR), "--limit", "2",
+        "--gen_kwargs", "max_gen_toks=6", "--output_path", str(tmp_path / "out"),
+    ]  # fmt: skip
+    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(args, cwd=SHARED_HUB, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (written,) = (tmp_path / "out").rglob("results_*.json")
+    results = json.loads(written.read_text())
+    assert results["config"]["model"] == "mixens"
+    assert results["results"]["gsm8k_paper"]["sample_len"] == 2
+    assert 0.0 <= results["results"]["gsm8k_paper"]["exact_match,extract"] <= 1.0
 
 
 def test_create_from_arg_string_builds_a_working_ensemble(tiny_models):
