@@ -21,6 +21,7 @@ class FeedStats:
     generated_tokens: int = 0  # tokens of generated text fed, one per step or several in a catch-up
     catchup_tokens: int = 0  # of those, tokens beyond the newest one of each row: what was missed
     cropped_tokens: int = 0  # cache entries dropped because the member's tokenisation of the text changed
+    row_passes: int = 0  # rows fed, summed over forwards: a member's forward passes counted per sequence
 
 
 @dataclass
@@ -42,10 +43,12 @@ class MemberCache:
         self.stats = FeedStats()
 
     @torch.inference_mode()
-    def advance(self, targets: list[list[int]], active: list[bool]) -> torch.Tensor:
+    def advance(self, targets: list[list[int]], active: list[bool], hidden: bool = False):
         """Bring every row's cache to its target ids and return next-token logits [B, logit_size].
 
-        Rows that are not active keep their cache as is; their logits are meaningless.
+        Rows that are not active keep their cache as is; their logits are meaningless. With `hidden`,
+        also return the last layer's hidden state at the newest position [B, H] (costs the model's
+        output_hidden_states, so only strategies that read it ask).
         """
         chunks = []
         for b, (row, target) in enumerate(zip(self.rows, targets)):
@@ -78,13 +81,16 @@ class MemberCache:
             past_key_values=self.kv,
             use_cache=True,
             logits_to_keep=1,
+            **({"output_hidden_states": True} if hidden else {}),
         )
         self._record(chunks, targets, start, width)
         self._compact_if_sparse()
-        return _fit(out.logits[:, -1, :], self.logit_size)
+        logits = _fit(out.logits[:, -1, :], self.logit_size)
+        return (logits, out.hidden_states[-1][:, -1, :]) if hidden else logits
 
     def _record(self, chunks, targets, start: int, width: int) -> None:
         self.stats.forward_passes += 1
+        self.stats.row_passes += sum(1 for chunk in chunks if chunk)
         for b, chunk in enumerate(chunks):
             if not chunk:
                 continue

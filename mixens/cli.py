@@ -1,17 +1,20 @@
 """The Hydra app behind `python -m mixens`: validate, load tasks, load models, evaluate, write results."""
 from __future__ import annotations
 
+import contextlib
 import difflib
+import json
 import logging
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from mixens.config import generation_overrides, register_schema, validate_run
+from mixens.config import generation_overrides, register_schema, router_settings, validate_run
 from mixens.spec import ConfigError
 
 log = logging.getLogger("mixens")
@@ -74,6 +77,8 @@ def evaluate(cfg: DictConfig, out_dir: Path) -> dict:
             options["union_top_k"] = cfg.ensemble.union_top_k
         if cfg.ensemble.strategy == "single":
             options["member"] = cfg.ensemble.member
+        if cfg.ensemble.strategy == "router":
+            options = router_settings(cfg.ensemble)
         ensemble = load_ensemble(specs, cfg.ensemble.strategy, batch_size=cfg.batch_size, **options)
         lm = EnsembleLM(ensemble=ensemble, batch_size=cfg.batch_size, seed=cfg.seed)
         results = lm_eval.simple_evaluate(
@@ -119,18 +124,72 @@ def record_run(cfg: DictConfig, out_dir: Path, results: dict, lm, seconds: float
 def main(cfg: DictConfig) -> dict:
     from mixens.tracking import results_table
 
-    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    hydra_cfg = HydraConfig.get()
+    out_dir = Path(hydra_cfg.runtime.output_dir)
+    sweep_dir = Path(hydra_cfg.sweep.dir) if hydra_cfg.mode.name == "MULTIRUN" else None
     try:
-        record = evaluate(cfg, out_dir)
-    except ConfigError as err:
-        # One clear sentence, not a traceback; a multirun goes on to its next job.
-        print(f"mixens: {err}", file=sys.stderr)
-        if HydraConfig.get().mode.name == "RUN":
-            sys.exit(2)
+        record = run_job(cfg, out_dir, sweep_dir)
+    except BaseException as err:
+        # The job's folder says why it failed; the other jobs of a sweep keep their results and go on.
+        write_failure(out_dir, cfg, err)
+        if isinstance(err, ConfigError):
+            print(f"mixens: {err}", file=sys.stderr)  # one clear sentence, not a traceback
+            if sweep_dir is None:
+                sys.exit(2)
         raise
+    (out_dir / "failed.json").unlink(missing_ok=True)  # from an earlier attempt of this job
     print(results_table(record["metrics"], record["speed"]))
     print(f"results: {record['path']}")
     return record
+
+
+def run_job(cfg: DictConfig, out_dir: Path, sweep_dir: Path | None) -> dict:
+    """One run: skipped when its results exist (skip_existing), else evaluated inside its tracker run."""
+    from mixens.tracking import find_existing
+
+    config = OmegaConf.to_container(cfg, resolve=True)
+    if cfg.skip_existing:
+        found = find_existing(sweep_dir or out_dir, config)
+        if found is not None:
+            print(f"mixens: skipping, this config already has results: {found}")
+            return {**json.loads(found.read_text()), "path": str(found)}
+    validate_run(cfg)  # before a tracker run is opened for a config that cannot run
+    group = None if sweep_dir is None else sweep_group(sweep_dir)
+    with tracker(cfg, config, out_dir, group) as logger:
+        record = evaluate(cfg, out_dir)
+        if logger is not None:
+            logger.log_record(record, out_dir)
+    return record
+
+
+def tracker(cfg: DictConfig, config: dict, out_dir: Path, group: str | None):
+    if cfg.logger.name == "none":
+        return contextlib.nullcontext()
+    if cfg.logger.name != "wandb":
+        raise ConfigError(f"logger '{cfg.logger.name}' is unknown; choose logger=wandb or logger=none.")
+    from mixens.wandb_run import wandb_run
+
+    return wandb_run(cfg.logger, config, out_dir, group, out_dir.name, cfg.ensemble.strategy)
+
+
+def sweep_group(sweep_dir: Path) -> str:
+    """The sweep's name in the tracker: its folder below outputs/sweeps/ (e.g. 2026-11-22/14-03-51)."""
+    parts = sweep_dir.parts
+    below = parts[len(parts) - parts[::-1].index("sweeps") :] if "sweeps" in parts else ()
+    return "/".join(below) or sweep_dir.name
+
+
+def write_failure(out_dir: Path, cfg: DictConfig, err: BaseException) -> None:
+    from mixens.tracking import write_atomic
+
+    if isinstance(err, SystemExit) and not err.code:
+        return
+    failure = {
+        "error": f"{type(err).__name__}: {err}",
+        "traceback": traceback.format_exception(err),
+        "config": OmegaConf.to_container(cfg, resolve=False),
+    }
+    write_atomic(out_dir / "failed.json", json.dumps(failure, indent=2, default=str) + "\n")
 
 
 if __name__ == "__main__":

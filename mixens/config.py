@@ -6,6 +6,8 @@ needs no model weights and no dataset, so a mistake is reported in a second.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -21,6 +23,13 @@ class EnsembleConfig:
     draw: str = "batch"  # mixture: one member per step for the whole batch, or per sequence
     union_top_k: Optional[int] = None  # averaging_topk_union: candidates per member
     member: Optional[str] = None  # single: which model (default: the first)
+    # router: a policy picks the member(s) of each token (see conf/ensemble/router*.yaml)
+    policy: str = "confidence"  # random | confidence | learned
+    designated: Optional[str] = None  # confidence/learned: the model that runs first (default: the first)
+    threshold: float = 0.5  # confidence/learned: below it the designated model hands the step over
+    criterion: str = "top_prob"  # confidence: top_prob | entropy (nats)
+    handover: str = "others"  # others | average | a model name: who writes a handed-over token
+    router_path: Optional[str] = None  # learned: the file written by `python -m mixens.train_router`
 
 
 @dataclass
@@ -48,10 +57,12 @@ class DataConfig:
 
 @dataclass
 class LoggerConfig:
-    name: str = "none"
+    name: str = "none"  # none | wandb
     project: str = "mixens"
-    mode: str = "offline"
-    group: Optional[str] = None
+    mode: str = "offline"  # offline | online | disabled
+    entity: Optional[str] = None
+    group: Optional[str] = None  # default: the sweep (its folder under outputs/sweeps/)
+    tags: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -66,10 +77,27 @@ class RunConfig:
     seed: int = 0
     batch_size: int = 8
     device: str = "auto"
+    skip_existing: bool = False  # a sweep job whose config already has results in the sweep folder is skipped
+
+
+# How a run is tracked, or whether it may be skipped, does not change its results.
+RESULT_NEUTRAL_KEYS = ("hydra", "logger", "skip_existing")
 
 
 def register_schema() -> None:
     ConfigStore.instance().store(name="run_schema", node=RunConfig)
+    if not OmegaConf.has_resolver("mixens_job_key"):
+        OmegaConf.register_new_resolver("mixens_job_key", job_key, use_cache=False)
+
+
+def job_key(*, _root_: DictConfig) -> str:
+    """Eight hex digits naming a run's config: a sweep job's folder, stable when the sweep is run again."""
+    values = {}
+    for key in _root_:
+        if key not in RESULT_NEUTRAL_KEYS:
+            node = _root_[key]
+            values[key] = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+    return hashlib.sha1(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
 def model_specs(cfg: DictConfig) -> list[ModelSpec]:
@@ -95,6 +123,8 @@ def validate_run(cfg: DictConfig) -> list[ModelSpec]:
         raise ConfigError(
             f"ensemble.member '{cfg.ensemble.member}' is not a selected model; choose one of {[s.name for s in specs]}."
         )
+    if cfg.ensemble.strategy == "router":
+        check_router(cfg.ensemble, [s.name for s in specs])
     bench = cfg.benchmark
     if not bench.tasks:
         raise ConfigError("benchmark.tasks is empty; name at least one lm-eval task.")
@@ -103,6 +133,27 @@ def validate_run(cfg: DictConfig) -> list[ModelSpec]:
     if bench.max_gen_toks is not None and bench.max_gen_toks < 1:
         raise ConfigError(f"benchmark.max_gen_toks must be >= 1, got {bench.max_gen_toks}.")
     return specs
+
+
+ROUTER_KEYS = ("policy", "designated", "threshold", "criterion", "handover", "router_path", "draw")
+
+
+def router_settings(ensemble: DictConfig) -> dict:
+    """The ensemble config's router settings, as load_ensemble takes them."""
+    return {key: ensemble[key] for key in ROUTER_KEYS}
+
+
+def check_router(ensemble: DictConfig, names: list[str]) -> None:
+    """Build the router once (cheap, no model) so that any bad setting is reported before loading."""
+    from mixens.strategies import make_strategy
+    from mixens.strategies.router import router_options
+
+    try:
+        make_strategy("router", len(names), **router_options(names, **router_settings(ensemble)))
+    except (TypeError, ValueError) as err:
+        if isinstance(err, ConfigError):
+            raise
+        raise ConfigError(f"ensemble settings for the router: {err}.") from None
 
 
 def generation_overrides(bench: DictConfig) -> dict:

@@ -11,6 +11,7 @@ from mixens.members import Member, load_member
 from mixens.sampling import Sampling
 from mixens.spec import ConfigError, GenerationOptions, ModelSpec, normalized_weights, validate_ensemble_request
 from mixens.strategies import Strategy, make_strategy
+from mixens.strategies.router import router_options
 from mixens.vocab import build_alignment
 
 
@@ -26,6 +27,7 @@ class Ensemble:
     def __init__(self, members: list[Member], strategy: Strategy, batch_size: int = 8):
         self.members = members
         self.strategy = strategy
+        strategy.check_members(members)
         self.batch_size = batch_size
         self.vocab = build_alignment([m.tokenizer for m in members], [set(m.eos_ids) for m in members])
 
@@ -100,7 +102,8 @@ def load_ensemble(
     """Validate everything, then load the members and build the ensemble.
 
     `member` names the model `single` runs (default: the first); other keyword options go to the
-    strategy (`draw` for mixture, `union_top_k` for averaging_topk_union).
+    strategy (`draw` for mixture, `union_top_k` for averaging_topk_union; for router `policy`,
+    `designated`, `threshold`, `criterion`, `handover`, `router_path`, `draw`: see strategies/router.py).
     """
     specs = [ModelSpec.from_mapping(raw, i) for i, raw in enumerate(models)]
     validate_ensemble_request(specs, strategy)
@@ -114,6 +117,8 @@ def load_ensemble(
         specs = [specs[names.index(member) if member else 0]]
     elif member is not None:
         raise ConfigError(f"member='{member}' only applies to strategy 'single', not '{strategy}'.")
+    if strategy == "router":  # members by name, the router file read: mistakes show before loading
+        strategy_options = router_options(names, **strategy_options)
     try:
         chosen = make_strategy(strategy, len(specs), **strategy_options)
     except (TypeError, ValueError) as err:

@@ -20,6 +20,8 @@ model_args: lm-eval splits them at ',' and '='; a list is written with '|':
                      member wrap each prompt in its own tokenizer's chat template
   strategy           mixture | averaging | averaging_topk_union | single (default mixture)
   member             the member `single` runs; draw (mixture), union_top_k (averaging_topk_union)
+  policy, designated, threshold, criterion, handover, router_path
+                     strategy=router settings (see conf/ensemble/router.yaml), members by name
   seed, max_gen_toks, max_length, batch_size
 lm-eval's --batch_size and --device apply when model_args does not set them ('auto' batch sizes fall back
 to 8; a --device this machine lacks falls back to 'auto', as lm-eval's own HF model does).
@@ -75,6 +77,12 @@ class EnsembleLM(LM):
         member: str | None = None,
         draw: str | None = None,
         union_top_k: int | None = None,
+        policy: str | None = None,
+        designated: str | None = None,
+        threshold: float | None = None,
+        criterion: str | None = None,
+        handover: str | None = None,
+        router_path: str | None = None,
         batch_size: int | str | None = None,
         seed: int = 0,
         max_gen_toks: int = 256,
@@ -86,10 +94,15 @@ class EnsembleLM(LM):
             "models": models, "weights": weights, "names": names, "dtype": dtype, "device": device,
             "revision": revision, "chat_template": chat_template, "trust_remote_code": trust_remote_code,
             "strategy": strategy, "member": member, "draw": draw, "union_top_k": union_top_k,
+            "policy": policy, "designated": designated, "threshold": threshold, "criterion": criterion,
+            "handover": handover, "router_path": router_path,
         }  # fmt: skip
         if ensemble is None:
             specs = _member_specs(models, weights, names, dtype, device, revision, chat_template, trust_remote_code)
             options = {k: v for k, v in {"draw": draw, "union_top_k": union_top_k}.items() if v is not None}
+            router = {"policy": policy, "designated": designated, "threshold": threshold, "criterion": criterion,
+                      "handover": handover, "router_path": router_path}  # fmt: skip
+            options.update({k: v for k, v in router.items() if v is not None})
             ensemble = load_ensemble(
                 specs, strategy or "mixture", batch_size=batch_size or DEFAULT_BATCH_SIZE, member=member, **options
             )
@@ -332,6 +345,7 @@ class EnsembleLM(LM):
 
 _ALLOWED_ARGS = {
     "models", *PER_MEMBER_ARGS, "strategy", "member", "draw", "union_top_k",
+    "policy", "designated", "threshold", "criterion", "handover", "router_path",
     "batch_size", "seed", "max_gen_toks", "max_length",
 }  # fmt: skip
 

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-STRATEGIES = ("mixture", "averaging", "averaging_topk_union", "single")
+STRATEGIES = ("mixture", "averaging", "averaging_topk_union", "single", "router")
 DTYPES = ("auto", "float32", "float16", "bfloat16", "float64")  # float64: exact numerical checks
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 

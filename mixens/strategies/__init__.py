@@ -2,10 +2,11 @@
 from mixens.strategies.averaging import Averaging, AveragingTopkUnion
 from mixens.strategies.base import MemberOutputs, StepContext, Strategy
 from mixens.strategies.mixture import Mixture
+from mixens.strategies.router import Router
 from mixens.strategies.single import Single
 
 STRATEGY_CLASSES: dict[str, type[Strategy]] = {
-    cls.name: cls for cls in (Mixture, Averaging, AveragingTopkUnion, Single)
+    cls.name: cls for cls in (Mixture, Averaging, AveragingTopkUnion, Single, Router)
 }
 
 

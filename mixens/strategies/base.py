@@ -3,7 +3,9 @@
 A step of decoding asks the strategy for a routing matrix W [rows, members]; the members with a non-zero
 column run, and the next token of row b is drawn from the strategy's combination, by default
 sum_i W[b, i] * F_i(P_i). Averaging, mixture and routers differ only in W; `averaging_topk_union`
-changes the combination.
+changes the combination. A strategy that must see some members' outputs before it knows which others
+to run (a cascade) routes again in `reroute`, after the first members ran; the loop then runs the
+members newly routed for each row.
 """
 from __future__ import annotations
 
@@ -25,8 +27,9 @@ class StepContext:
 class MemberOutputs:
     """Next-token distributions of the members that ran this step, in the ensemble's id space."""
 
-    def __init__(self, distributions):
+    def __init__(self, distributions, hidden_states=None):
         self._distributions = distributions  # callable(member, sampling) -> [B, U]
+        self._hidden_states = hidden_states if hidden_states is not None else {}  # member -> [B, H]
 
     def transformed(self, member: int, sampling: Sampling) -> torch.Tensor:
         """F_i(P_i): the member's own distribution after temperature, top-k and top-p."""
@@ -35,6 +38,13 @@ class MemberOutputs:
     def raw(self, member: int) -> torch.Tensor:
         """P_i with no transform."""
         return self._distributions(member, Sampling(do_sample=False))
+
+    def hidden(self, member: int) -> torch.Tensor:
+        """The member's last hidden state at the newest position [B, H]; only for members the strategy
+        asked for with `wants_hidden` (other strategies do not pay for output_hidden_states)."""
+        if member not in self._hidden_states:
+            raise KeyError(f"no hidden state for member {member}: the strategy did not ask for it")
+        return self._hidden_states[member]
 
 
 class Strategy:
@@ -47,6 +57,17 @@ class Strategy:
 
     def route(self, ctx: StepContext) -> torch.Tensor:
         raise NotImplementedError
+
+    def reroute(self, ctx: StepContext, outputs: MemberOutputs, routing: torch.Tensor) -> torch.Tensor:
+        """A second look after the members routed first have run; members it adds for a row run too."""
+        return routing
+
+    def wants_hidden(self, member: int) -> bool:
+        """Whether the strategy reads this member's last hidden state (MemberOutputs.hidden)."""
+        return False
+
+    def check_members(self, members) -> None:
+        """Checks that need the loaded members (e.g. a saved classifier's input size); raise ConfigError."""
 
     def combine(self, outputs: MemberOutputs, routing: torch.Tensor, sampling: Sampling) -> torch.Tensor:
         running = [i for i in range(routing.shape[1]) if routing[:, i].any()]
