@@ -74,6 +74,23 @@ def write_results(folder: Path, record: dict) -> Path:
     return path
 
 
+def find_existing(folder: Path, config: dict) -> Path | None:
+    """A results.json in `folder` or its job folders written by a run of the same config."""
+    from mixens.config import RESULT_NEUTRAL_KEYS
+
+    wanted = {k: v for k, v in config.items() if k not in RESULT_NEUTRAL_KEYS}
+    for path in sorted([folder / "results.json", *folder.glob("*/results.json")]):
+        if not path.is_file():
+            continue
+        try:
+            found = json.loads(path.read_text())["config"]
+        except (OSError, ValueError, KeyError):
+            continue  # not a complete mixens results file
+        if {k: v for k, v in found.items() if k not in RESULT_NEUTRAL_KEYS} == wanted:
+            return path
+    return None
+
+
 def results_table(metrics: dict[str, dict[str, float]], speed: dict) -> str:
     lines = [f"{'task':<32} {'metric':<28} {'value':>8}", "-" * 70]
     for task, values in metrics.items():

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, SHARED_HUB
+from wandb_records import offline_run
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -114,18 +115,59 @@ def test_a_run_writes_results(tiny_models, tmp_path):
     assert "results:" in done.stdout and "exact_match" in done.stdout
 
 
-def test_multirun_of_two_strategies_writes_two_results(tiny_models, tmp_path):
+def test_multirun_of_two_strategies_and_two_seeds_writes_four_results_and_four_wandb_runs(tiny_models, tmp_path):
     done = run_cli(
         tmp_path,
         *tiny_overrides(tiny_models),
         "ensemble=mixture,averaging",
+        "seed=1,2",
         "benchmark=gsm8k_paper",
         "benchmark.limit=2",
         "benchmark.max_gen_toks=4",
+        "logger=wandb",
         multirun=True,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    results = sorted((tmp_path / "sweep").glob("*/results.json"))
-    assert len(results) == 2
-    strategies = {json.loads(p.read_text())["config"]["ensemble"]["strategy"] for p in results}
-    assert strategies == {"mixture", "averaging"}
+    jobs = sorted(p.parent for p in (tmp_path / "sweep").glob("*/results.json"))
+    assert len(jobs) == 4
+    seen = set()
+    for job in jobs:
+        record = json.loads((job / "results.json").read_text())
+        strategy, seed = record["config"]["ensemble"]["strategy"], record["seed"]
+        seen.add((strategy, seed))
+        (run_dir,) = (job / "wandb").glob("offline-run-*")
+        run = offline_run(run_dir)
+        # One finished run per job, grouped by sweep, typed by strategy, with the job's own config and numbers.
+        assert run["exit_code"] == 0 and run["project"] == "mixens"
+        assert run["group"] == "sweep" and run["job_type"] == strategy and run["name"] == job.name
+        assert run["config"]["ensemble"]["strategy"] == strategy and run["config"]["seed"] == seed
+        accuracy = record["metrics"]["gsm8k_paper"]["exact_match,extract"]
+        assert run["summary"]["gsm8k_paper/exact_match,extract"] == accuracy
+        assert run["summary"]["speed/tokens_generated"] == record["speed"]["tokens_generated"]
+        (table,) = (run_dir / "files" / "media" / "table").glob("samples_*.table.json")
+        rows = json.loads(table.read_text())
+        assert rows["columns"][:3] == ["task", "doc_id", "prompt"] and len(rows["data"]) == 2
+        assert {row[-1] for row in rows["data"]} <= {0.0, 1.0}  # correct, from the task's metric
+    assert seen == {("mixture", 1), ("mixture", 2), ("averaging", 1), ("averaging", 2)}
+
+
+def test_a_failing_job_leaves_the_other_jobs_and_skip_existing_reuses_them(tiny_models, tmp_path):
+    args = [*tiny_overrides(tiny_models), "benchmark=gsm8k_paper", "benchmark.limit=2", "logger=none"]
+    # The first job fails (no token may be generated); the second still runs and keeps its results.
+    done = run_cli(tmp_path, *args, "benchmark.max_gen_toks=0,3", multirun=True)
+    assert done.returncode != 0
+    assert "benchmark.max_gen_toks must be >= 1" in done.stderr
+    (failed,) = [p.parent for p in (tmp_path / "sweep").glob("*/failed.json")]
+    assert "max_gen_toks" in json.loads((failed / "failed.json").read_text())["error"]
+    assert not (failed / "results.json").exists()
+    (finished,) = [p.parent for p in (tmp_path / "sweep").glob("*/results.json")]
+    first = (finished / "results.json").read_text()
+    assert json.loads(first)["config"]["benchmark"]["max_gen_toks"] == 3
+
+    # Re-running the sweep with skip_existing: the finished job is reused as it is, a new one runs.
+    again = run_cli(tmp_path, *args, "benchmark.max_gen_toks=3,5", "skip_existing=true", multirun=True)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("skipping, this config already has results") == 1
+    assert (finished / "results.json").read_text() == first
+    results = (tmp_path / "sweep").glob("*/results.json")
+    assert sorted(json.loads(p.read_text())["config"]["benchmark"]["max_gen_toks"] for p in results) == [3, 5]
