@@ -58,6 +58,20 @@ def test_every_config_file_composes(group):
         assert OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
 
 
+@pytest.mark.parametrize(
+    ("launcher", "target"),
+    [
+        ("joblib", "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"),
+        ("submitit_slurm", "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"),
+    ],
+)
+def test_parallel_and_slurm_launchers_compose(launcher, target):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)
+    assert cfg.hydra.launcher._target_ == target
+    assert cfg.logger.name == "wandb" and cfg.logger.mode == "offline"  # the default logger, offline in tests
+
+
 def test_the_schema_rejects_a_mistyped_value():
     with pytest.raises(Exception, match="seed"):
         composed("seed=many")
