@@ -61,17 +61,13 @@ class MemberCache:
             self._crop(b, keep)
             chunks.append(target[keep:])
         width = max(len(c) for c in chunks)
-        rows = len(self.rows)
-        input_ids = torch.full((rows, width), self.pad_id, dtype=torch.long)
-        new_live = torch.zeros(rows, width, dtype=torch.bool)
-        positions = torch.zeros(rows, width, dtype=torch.long)
+        # Built from Python lists in one call, not row by row: the per-step cost stays flat in the batch size.
+        input_ids = torch.tensor([[self.pad_id] * (width - len(c)) + c for c in chunks], dtype=torch.long)
+        lengths = torch.tensor([len(c) for c in chunks])
+        offsets = torch.arange(width) - (width - lengths)[:, None]  # index within the row's chunk; < 0: padding
+        new_live = offsets >= 0
         before = self.live.sum(dim=1)
-        for b, chunk in enumerate(chunks):
-            if chunk:
-                k = len(chunk)
-                input_ids[b, width - k :] = torch.tensor(chunk)
-                new_live[b, width - k :] = True
-                positions[b, width - k :] = before[b] + torch.arange(k)
+        positions = (before[:, None] + offsets) * new_live
         start = self.live.shape[1]
         self.live = torch.cat([self.live, new_live], dim=1)
         out = self.model(

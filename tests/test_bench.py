@@ -1,0 +1,76 @@
+"""The speed study end to end at a tiny size: files written, figures consistent. No timing is asserted."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mixens.bench.__main__ import main
+from mixens.bench.cost_model import expected_catchup_cost, ideal_averaging_step, ideal_mixture_step
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    assert main(["--preset", "tiny", "--out", str(out)]) == 0
+    return out, json.loads((out / "results.json").read_text())
+
+
+def test_files_are_written(study):
+    out, _ = study
+    assert (out / "speed.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = (out / "results.md").read_text()
+    assert "Machine:" in text and "ME/averaging speedup" in text and "k=4" in text
+
+
+def test_forward_passes_and_catchup_lengths(study):
+    _, results = study
+    rows = results["analysis"]["rows"]
+    variants = {row["variant"] for row in rows}
+    assert {"single", "averaging", "mixture", "hf_generate", "mixture@0.3/0.7", "mixture@0.7/0.3"} <= variants
+    members = {"equal-2": 2, "equal-3": 3, "unequal": 2}
+    for row in rows:
+        kind = row["variant"].split("@")[0]
+        if kind == "averaging":
+            assert row["forward_passes_per_step"] == members[row["scenario"]]
+        else:  # single, transformers' generate and mixture all run one model per step
+            assert row["forward_passes_per_step"] == 1
+        if kind == "mixture":
+            # With two or three members drawn at random over 8 steps, some draw follows a miss.
+            assert 1.0 <= row["mean_catchup_length"] <= results["study"]["config"]["new_tokens"]
+        else:
+            assert row["mean_catchup_length"] == 1.0
+    mixtures = [row["mean_catchup_length"] for row in rows if row["variant"].startswith("mixture")]
+    assert max(mixtures) > 1.0
+
+
+def test_ratios_follow_from_the_raw_timings(study):
+    _, results = study
+    runs = {(r["scenario"], r["batch"], r["variant"]): r for r in results["study"]["runs"]}
+
+    def step(run):
+        return run["decode_seconds"] / (run["steps"] - run["prefill_steps"])
+
+    ratios = results["analysis"]["ratios"]
+    assert len(ratios) == 2 * (2 + 2)  # two batch sizes x (equal-2, equal-3, two weights of the pair)
+    for ratio in ratios:
+        mixture = runs[(ratio["scenario"], ratio["batch"], ratio["variant"])]
+        averaging = runs[(ratio["scenario"], ratio["batch"], "averaging")]
+        assert ratio["mixture_vs_averaging_speedup"] == pytest.approx(step(averaging) / step(mixture))
+        costs = results["study"]["catchup_seconds"]
+        shapes = results["study"]["member_shapes"]
+        c = [costs[shapes[name]][str(ratio["batch"])] for name in mixture["members"]]
+        ideal = ideal_averaging_step(c) / ideal_mixture_step(c, mixture["weights"])
+        assert ratio["ideal_speedup"] == pytest.approx(ideal)
+    for run in runs.values():
+        assert 0 <= run["prefill_seconds"] <= run["seconds"]
+        assert run["tokens"] == run["steps"] * run["batch"]  # nothing ends early: no end-of-sequence ids
+
+
+def test_cost_model_limits():
+    flat = [1.0] * 16  # a catch-up that costs one step whatever its length (a GPU's ideal)
+    assert expected_catchup_cost(flat, 0.3) == pytest.approx(1.0)
+    assert ideal_averaging_step([flat] * 3) / ideal_mixture_step([flat] * 3, [1 / 3] * 3) == pytest.approx(3.0)
+    linear = [float(k) for k in range(1, 17)]  # a catch-up that costs k steps: no gain at all
+    assert expected_catchup_cost(linear, 0.25) == pytest.approx(4.0, rel=1e-4)
+    assert ideal_mixture_step([linear] * 2, [0.5, 0.5]) == pytest.approx(ideal_averaging_step([linear] * 2), rel=1e-4)
