@@ -100,13 +100,8 @@ def random_model(shape: Shape, device: torch.device, dtype: torch.dtype, seed: i
     )
     torch.manual_seed(seed)
     # Built directly on the device in its dtype: a 7B model never passes through host memory in fp32.
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            model = model_cls(config)
-    finally:
-        torch.set_default_dtype(previous)
+    with torch.device(device):
+        model = model_cls._from_config(config, dtype=dtype)
     model.generation_config.eos_token_id = None
     model.generation_config.pad_token_id = shape.vocab - 1
     return model.eval()

@@ -26,9 +26,9 @@ class StudyConfig:
     batch_sizes: tuple[int, ...] = (1, 8, 32)
     prompt_tokens: int = 16
     new_tokens: int = 32
-    repeats: int = 2
+    repeats: int = 3
     max_k: int = 16
-    catchup_repeats: int = 2
+    catchup_repeats: int = 3
     device: str = "cpu"
     dtype: str = "float32"
     compare_transformers: bool = True
