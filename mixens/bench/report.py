@@ -66,7 +66,7 @@ def plot(study: dict, analysis: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5.5))
     for shape, per_batch in study["catchup_seconds"].items():
         for batch, costs in per_batch.items():
             left.plot(range(1, len(costs) + 1), [c / costs[0] for c in costs], marker="o", ms=3,
@@ -78,13 +78,14 @@ def plot(study: dict, analysis: dict, path: Path) -> None:
     left.legend(fontsize=7)
 
     ratios = analysis["ratios"]
-    labels = [f"{r['scenario']}\n{r['variant'].replace('mixture@', 'w=').replace('mixture', '')}\nb={r['batch']}" for r in ratios]
+    labels = [f"{r['scenario']} {r['variant'].replace('mixture@', 'w=').replace('mixture', '')} b={r['batch']}".replace("  ", " ")
+              for r in ratios]
     xs = range(len(ratios))
     right.bar([x - 0.2 for x in xs], [r["ideal_speedup"] for r in ratios], width=0.4, label="ideal (from c(k))", color="#bbbbbb")
     right.bar([x + 0.2 for x in xs], [r["mixture_vs_averaging_speedup"] for r in ratios], width=0.4, label="measured", color="#3366aa")
     right.axhline(1.0, color="black", lw=0.8)
     right.set_xticks(list(xs))
-    right.set_xticklabels(labels, fontsize=6)
+    right.set_xticklabels(labels, fontsize=7, rotation=60, ha="right")
     right.set_ylabel("averaging time / mixture time")
     right.set_title("Mixture speed-up over averaging (decoding)")
     right.legend(fontsize=8)
