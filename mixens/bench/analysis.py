@@ -83,6 +83,9 @@ def analyse(study: dict) -> dict:
                 "mixture_vs_single_speed": single["decode_seconds_per_step"] / row["decode_seconds_per_step"],
                 "averaging_vs_ideal": averaging["decode_vs_ideal"],
                 "mixture_vs_ideal": row["decode_vs_ideal"],
+                # The same gap with a plain one-model decode's own gap to c(1) divided out: what mixture adds
+                # beyond any decoding loop, robust to a c(1) measured at a quieter or busier moment.
+                "mixture_vs_ideal_over_single": row["decode_vs_ideal"] / single["decode_vs_ideal"],
             }
             ratios.append(ratio)
             if batch in TARGET_BATCHES:

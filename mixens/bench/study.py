@@ -1,8 +1,8 @@
 """Running the study: build the members once, measure c(k), then time every strategy interleaved.
 
-Each scenario (a group of members and its weights) is timed at every batch size; within a batch size the
-strategies take turns, in a rotating order, for `repeats` rounds with seeds 0, 1, ..., so load that drifts
-while the study runs falls on all of them alike.
+Batch size by batch size: c(k) is measured, every scenario (a group of members and its weights) is timed,
+c(k) is measured again. Within a scenario the strategies take turns, in a rotating order, for `repeats`
+rounds with seeds 0, 1, ..., so load that drifts while the study runs falls on all of them alike.
 """
 from __future__ import annotations
 
@@ -145,33 +145,30 @@ def _variants(members, weight_sets, compare_transformers: bool):
     return out
 
 
-def run_scenario(name: str, members, weight_sets, prompts, config: StudyConfig, compare_transformers: bool, progress):
-    runs: list[Run] = []
-    for batch in config.batch_sizes:
-        batch_prompts = prompts[:batch]
-        variants = _variants(members, weight_sets, compare_transformers)
-        table = []
-        for label, chosen, strategy, sampling in variants:
-            ensemble = None if strategy is None else Ensemble(chosen, make_strategy(strategy, len(chosen)), batch_size=batch)
-            run = Run(name, batch, label, [m.name for m in chosen], [m.weight for m in chosen])
-            table.append((run, ensemble, chosen, sampling))
-        # Warm-up: a short generation of each, untimed (first calls allocate and pick kernels).
-        warm = StudyConfig(**{**asdict(config), "new_tokens": 2})
-        for run, ensemble, chosen, sampling in table:
+def run_scenario(name: str, members, weight_sets, prompts, batch: int, config: StudyConfig,
+                 compare_transformers: bool, progress) -> list[Run]:
+    batch_prompts = prompts[:batch]
+    table = []
+    for label, chosen, strategy, sampling in _variants(members, weight_sets, compare_transformers):
+        ensemble = None if strategy is None else Ensemble(chosen, make_strategy(strategy, len(chosen)), batch_size=batch)
+        run = Run(name, batch, label, [m.name for m in chosen], [m.weight for m in chosen])
+        table.append((run, ensemble, chosen, sampling))
+    # Warm-up: a short generation of each, untimed (first calls allocate and pick kernels).
+    warm = StudyConfig(**{**asdict(config), "new_tokens": 2})
+    for run, ensemble, chosen, sampling in table:
+        if ensemble is None:
+            _transformers_round(Run("", 0, "", [], []), chosen[0], batch_prompts, warm, 0, sampling)
+        else:
+            _mixens_round(Run("", 0, "", [], []), ensemble, batch_prompts, warm, 0, sampling)
+    for seed in range(config.repeats):
+        shift = seed % len(table)
+        for run, ensemble, chosen, sampling in table[shift:] + table[:shift]:
+            progress(f"{name} batch={batch} {run.variant} round {seed + 1}/{config.repeats}")
             if ensemble is None:
-                _transformers_round(Run("", 0, "", [], []), chosen[0], batch_prompts, warm, 0, sampling)
+                _transformers_round(run, chosen[0], batch_prompts, config, seed, sampling)
             else:
-                _mixens_round(Run("", 0, "", [], []), ensemble, batch_prompts, warm, 0, sampling)
-        for seed in range(config.repeats):
-            shift = seed % len(table)
-            for run, ensemble, chosen, sampling in table[shift:] + table[:shift]:
-                progress(f"{name} batch={batch} {run.variant} round {seed + 1}/{config.repeats}")
-                if ensemble is None:
-                    _transformers_round(run, chosen[0], batch_prompts, config, seed, sampling)
-                else:
-                    _mixens_round(run, ensemble, batch_prompts, config, seed, sampling)
-        runs += [run for run, *_ in table]
-    return runs
+                _mixens_round(run, ensemble, batch_prompts, config, seed, sampling)
+    return [run for run, *_ in table]
 
 
 def run_study(config: StudyConfig, progress=print) -> dict:
@@ -186,24 +183,33 @@ def run_study(config: StudyConfig, progress=print) -> dict:
     prompts = fixed_length_prompts(tokenizer, max(config.batch_sizes), config.prompt_tokens)
 
     context = config.prompt_tokens + config.new_tokens // 2  # the mean context length while decoding
-    catchup: dict[str, dict[int, list[float]]] = {}
-    for shape_name, model in ((config.size, equal[0].model), (config.small_size, small.model)):
-        catchup[shape_name] = {}
-        for batch in config.batch_sizes:
-            progress(f"catch-up micro-benchmark: {shape_name} batch={batch} k=1..{config.max_k}")
-            catchup[shape_name][batch] = catchup_costs(
-                model, device, batch, context, config.max_k, config.catchup_repeats
-            )
+    models = {config.size: equal[0].model, config.small_size: small.model}
+    half = max(1, (config.catchup_repeats + 1) // 2)
 
+    def measure(batch: int, when: str) -> dict[str, list[float]]:
+        out = {}
+        for shape_name, model in models.items():
+            progress(f"catch-up micro-benchmark ({when}): {shape_name} batch={batch} k=1..{config.max_k}")
+            out[shape_name] = catchup_costs(model, device, batch, context, config.max_k, half)
+        return out
+
+    catchup: dict[str, dict[int, list[float]]] = {name: {} for name in models}
     runs: list[Run] = []
-    for n in config.equal_counts:
-        runs += run_scenario(
-            f"equal-{n}", equal[:n], [[1.0 / n] * n], prompts, config,
-            compare_transformers=config.compare_transformers and n == config.equal_counts[0], progress=progress,
-        )
-    if config.small_weights:
-        weight_sets = [[w, 1.0 - w] for w in config.small_weights]
-        runs += run_scenario("unequal", [small, equal[0]], weight_sets, prompts, config, False, progress)
+    for batch in config.batch_sizes:
+        # c(k) is measured just before and just after the runs it is compared with, and the two averaged,
+        # so load that drifts over the study shifts the ideal and the measurement alike.
+        before = measure(batch, "before")
+        for n in config.equal_counts:
+            runs += run_scenario(
+                f"equal-{n}", equal[:n], [[1.0 / n] * n], prompts, batch, config,
+                compare_transformers=config.compare_transformers and n == config.equal_counts[0], progress=progress,
+            )
+        if config.small_weights:
+            weight_sets = [[w, 1.0 - w] for w in config.small_weights]
+            runs += run_scenario("unequal", [small, equal[0]], weight_sets, prompts, batch, config, False, progress)
+        after = measure(batch, "after")
+        for name in models:
+            catchup[name][batch] = [(a + b) / 2 for a, b in zip(before[name], after[name])]
 
     return {
         "config": asdict(config),
