@@ -40,8 +40,10 @@ def test_the_pair_needs_the_string_level_union(pair):
 @pytest.mark.parametrize("strategy", ["mixture", "averaging"])
 @pytest.mark.parametrize("do_sample", [False, True])
 def test_factual_completion(pair, strategy, do_sample):
+    # T=0.2: sharp enough that a sampled completion is the fact for any seed (at T=0.5 these small
+    # models still write " Naples" for Italy about one time in five).
     result = pair[strategy].generate(
-        PROMPTS, max_new_tokens=4, do_sample=do_sample, temperature=0.5, top_k=5, seed=1, until=["."]
+        PROMPTS, max_new_tokens=4, do_sample=do_sample, temperature=0.2, top_k=5, seed=1, until=["."]
     )
     for text, answer in zip(result.texts, ANSWERS):
         assert answer in text, result.texts
