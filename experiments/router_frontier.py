@@ -15,7 +15,7 @@ mixture as a router: same numbers as mixture at equal weights); the confidence c
 sweep; the learned cascade (trained here on GSM8K train problems) over a threshold sweep. The first
 --model is the designated member of the cascades, the second the one they hand over to.
 Only the first 200 characters of each answer are scored by default (--answer-chars), which keeps the
-default run (16 problems, 32 calibration problems) to a few minutes on a 2-core CPU.
+default run (16 problems, 32 calibration problems) to about 13 minutes on a 2-core CPU.
 Writes frontier.csv, frontier.md, frontier.png and router.pt (with router.json) under --out.
 """
 from __future__ import annotations
