@@ -21,23 +21,8 @@ CRITERIA = ("top_prob", "entropy")
 GROUP_HANDOVERS = ("others", "average")  # the other members by weight, or every member by weight
 
 
-class RouterPolicy:
-    """One way of routing; the Router strategy delegates to it."""
-
-    def __init__(self, n_members: int):
-        self.n_members = n_members
-
-    def route(self, ctx: StepContext) -> torch.Tensor:
-        raise NotImplementedError
-
-    def reroute(self, ctx: StepContext, outputs: MemberOutputs, routing: torch.Tensor) -> torch.Tensor:
-        return routing
-
-    def wants_hidden(self, member: int) -> bool:
-        return False
-
-    def check_members(self, members) -> None:
-        pass
+class RouterPolicy(Strategy):
+    """One way of routing (route, reroute, wants_hidden, check_members); the Router strategy delegates to it."""
 
 
 class RandomPolicy(RouterPolicy):
