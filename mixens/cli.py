@@ -56,10 +56,10 @@ def check_datasets(tasks: list[str], manager, mirror) -> None:
             raise unreachable_dataset_error(task, err, mirror) from err
 
 
-def evaluate(cfg: DictConfig, out_dir: Path) -> dict:
+def evaluate(cfg: DictConfig, out_dir: Path, specs: list) -> dict:
+    """Evaluate a validated run (`specs` = validate_run(cfg)) and write its results."""
     from mixens.offline_data import reading_from, resolve_hub_mirror
 
-    specs = validate_run(cfg)
     mirror = resolve_hub_mirror(cfg.data.hub_mirror)
     bench = cfg.benchmark
     tasks = list(bench.tasks)
@@ -153,10 +153,10 @@ def run_job(cfg: DictConfig, out_dir: Path, sweep_dir: Path | None) -> dict:
         if found is not None:
             print(f"mixens: skipping, this config already has results: {found}")
             return {**json.loads(found.read_text()), "path": str(found)}
-    validate_run(cfg)  # before a tracker run is opened for a config that cannot run
+    specs = validate_run(cfg)  # before a tracker run is opened for a config that cannot run
     group = None if sweep_dir is None else sweep_group(sweep_dir)
     with tracker(cfg, config, out_dir, group) as logger:
-        record = evaluate(cfg, out_dir)
+        record = evaluate(cfg, out_dir, specs)
         if logger is not None:
             logger.log_record(record, out_dir)
     return record
