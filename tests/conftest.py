@@ -9,7 +9,8 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_HUB = REPO.parent / "shared" / "data" / "hub"
+# Real benchmark rows carried by the repository (see tests/data/hub/README.md): tests read no other data.
+HUB_FIXTURE = REPO / "tests" / "data" / "hub"
 
 # Before transformers / datasets / wandb are imported anywhere: nothing in the tests touches a network.
 os.environ.update(

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, SHARED_HUB
+from conftest import HUB_FIXTURE, REPO
 from wandb_records import offline_run
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
@@ -90,7 +90,7 @@ def test_validation_names_the_field_before_loading():
 
 
 def run_cli(tmp_path: Path, *overrides: str, multirun: bool = False) -> subprocess.CompletedProcess:
-    env = {**os.environ, "MIXENS_HUB_MIRROR": str(SHARED_HUB)}
+    env = {**os.environ, "MIXENS_HUB_MIRROR": str(HUB_FIXTURE)}
     args = [sys.executable, "-m", "mixens", *(["-m"] if multirun else []), *overrides]
     args += [f"hydra.run.dir={tmp_path}/run", f"hydra.sweep.dir={tmp_path}/sweep"]
     return subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
@@ -102,7 +102,11 @@ def tiny_overrides(tiny_models, names=("bpe_a", "bpe_b")) -> list[str]:
 
 
 def test_a_dataset_that_is_not_reachable_says_how_to_point_at_a_copy(tiny_models, tmp_path):
-    done = run_cli(tmp_path, *tiny_overrides(tiny_models), "benchmark=arc_paper", "benchmark.limit=2")
+    empty = tmp_path / "empty-mirror"
+    empty.mkdir()
+    done = run_cli(
+        tmp_path, *tiny_overrides(tiny_models), "benchmark=arc_paper", "benchmark.limit=2", f"data.hub_mirror={empty}"
+    )
     assert done.returncode == 2, done.stderr[-2000:]
     assert "data.hub_mirror=PATH" in done.stderr
     assert "Loading weights" not in done.stderr  # failed before any model was loaded

@@ -19,7 +19,7 @@ import sys
 import lm_eval
 import pytest
 import torch
-from conftest import SHARED_HUB, spec
+from conftest import HUB_FIXTURE, spec
 from lm_eval.api.instance import Instance
 from lm_eval.api.registry import get_model
 from lm_eval.models.huggingface import HFLM
@@ -326,7 +326,7 @@ def test_lm_evals_own_cli_runs_the_mixens_model(tiny_models, tmp_path):
         "--gen_kwargs", "max_gen_toks=6", "--output_path", str(tmp_path / "out"),
     ]  # fmt: skip
     env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run(args, cwd=SHARED_HUB, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(args, cwd=HUB_FIXTURE, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     (written,) = (tmp_path / "out").rglob("results_*.json")
     results = json.loads(written.read_text())
@@ -364,9 +364,8 @@ def test_bad_arguments_get_one_clear_sentence(tiny_models, singles):
 # ---------------------------------------------------------------------------------- a real task
 
 
-@pytest.mark.skipif(not (SHARED_HUB / "openai" / "gsm8k").is_dir(), reason=f"no offline GSM8K at {SHARED_HUB}")
 def test_gsm8k_paper_end_to_end(tiny_models, monkeypatch):
-    monkeypatch.chdir(SHARED_HUB)  # lm-eval resolves openai/gsm8k to the folder here
+    monkeypatch.chdir(HUB_FIXTURE)  # lm-eval resolves openai/gsm8k to the folder here
     ensemble = mixens.load_ensemble(
         [spec(tiny_models["bpe_a"], "a", 0.5), spec(tiny_models["sp_c"], "c", 0.5)], "mixture"
     )

@@ -1,7 +1,7 @@
 """The paper's zero-shot tasks (mixens/tasks): answer extraction, prompts, YAMLs, and lm-eval runs.
 
-The end-to-end runs use lm-eval's own `hf` model on a tiny random Llama built here, on the offline
-hub copies in ../shared/data/hub (ARC, which has no copy, on a three-row fixture folder).
+The end-to-end runs use lm-eval's own `hf` model on a tiny random Llama built here, on the benchmark
+rows the repository carries (tests/data/hub).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 import pytest
+from conftest import HUB_FIXTURE
 
 # Before lm-eval pulls in datasets and huggingface_hub, which read these once, at import.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -27,8 +28,6 @@ from mixens.tasks.paper import (  # noqa: E402
     normalize_number,
 )
 
-HUB = Path(__file__).resolve().parents[2] / "shared" / "data" / "hub"
-needs_hub = pytest.mark.skipif(not HUB.is_dir(), reason=f"no offline datasets at {HUB}")
 
 
 def _offline_in(folder: Path, monkeypatch) -> None:
@@ -171,12 +170,9 @@ def test_bbh_extraction_by_answer_type(subtask, doc, text, expected):
 def test_bbh_answer_types_cover_the_27_subtasks():
     assert len(paper.BBH_ANSWER_TYPES) == 27
     assert set(paper.BBH_ANSWER_TYPES.values()) <= set(paper.ANSWER_TYPES)
-    if HUB.is_dir():
-        on_disk = {p.name for p in (HUB / "SaylorTwift" / "bbh").iterdir() if p.is_dir()}
-        assert set(paper.BBH_ANSWER_TYPES) == on_disk
-        assert set(paper.MMLU_SUBJECTS) == {
-            p.name for p in (HUB / "cais" / "mmlu").iterdir() if p.is_dir()
-        }
+    on_disk = {p.name for p in (HUB_FIXTURE / "SaylorTwift" / "bbh").iterdir() if p.is_dir()}
+    assert set(paper.BBH_ANSWER_TYPES) == on_disk
+    assert set(paper.MMLU_SUBJECTS) == {p.name for p in (HUB_FIXTURE / "cais" / "mmlu").iterdir() if p.is_dir()}
 
 
 def test_filter_keeps_one_answer_per_generation_and_rejects_unknown_types():
@@ -255,10 +251,9 @@ def test_index_lists_every_task_and_group_with_the_protocol(task_manager):
         }
 
 
-@needs_hub
 def test_lm_eval_scores_canned_generations(task_manager, monkeypatch):
     """lm-eval's own filter and metric path scores a right and a wrong answer per task."""
-    _offline_in(HUB, monkeypatch)
+    _offline_in(HUB_FIXTURE, monkeypatch)
     names = ["gsm8k_paper", "mmlu_paper_anatomy", "bbh_paper_sports_understanding"]
     names += ["bbh_paper_geometric_shapes", "bbh_paper_word_sorting"]
     tasks = task_manager.load(names)["tasks"]
@@ -358,9 +353,8 @@ def _check_run(results, doc_to_text, answer_type):
             assert sample["exact_match"] == float(expected == sample["target"])
 
 
-@needs_hub
 def test_end_to_end_offline_tasks(tiny_llama, task_manager, tmp_path, monkeypatch):
-    _offline_in(HUB, monkeypatch)
+    _offline_in(HUB_FIXTURE, monkeypatch)
     subjects = ["mmlu_paper_anatomy", "mmlu_paper_astronomy", "mmlu_paper_virology"]
     # mmlu_paper's own YAML cut to a few subjects (all 57 would spend minutes generating garbage),
     # indexed from an extra folder. lm-eval 0.4.13 cannot take it inline: a group dict's keys end

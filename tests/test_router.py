@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import REPO, SHARED_HUB, spec
+from conftest import HUB_FIXTURE, REPO, spec
 
 import mixens
 from mixens.ensemble import Ensemble
@@ -200,7 +200,7 @@ def test_routers_run_through_the_cli_on_an_lm_eval_task(tiny_models, trained_rou
     args = [sys.executable, "-m", "mixens", "-m", "models=[]", *added, "device=cpu", "batch_size=2"]
     args += ["ensemble=router", "ensemble.policy=random,confidence,learned", f"ensemble.router_path={trained_router}"]
     args += ["benchmark=gsm8k_paper", "benchmark.limit=2", "benchmark.max_gen_toks=6", f"hydra.sweep.dir={tmp_path}"]
-    env = {**os.environ, "MIXENS_HUB_MIRROR": str(SHARED_HUB)}
+    env = {**os.environ, "MIXENS_HUB_MIRROR": str(HUB_FIXTURE)}
     done = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     records = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("*/results.json"))]

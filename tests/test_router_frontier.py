@@ -6,14 +6,13 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, SHARED_HUB
+from conftest import HUB_FIXTURE, REPO
 
 
-@pytest.mark.skipif(not (SHARED_HUB / "openai" / "gsm8k").is_dir(), reason="needs the offline GSM8K copy")
 def test_frontier_experiment_writes_its_table_and_plot(tiny_models, tmp_path):
     args = [sys.executable, "experiments/router_frontier.py", f"--model=a={tiny_models['bpe_a']}",
             f"--model=b={tiny_models['bpe_b']}", "--problems=2", "--calibration=2", "--batch-size=2", "--answer-chars=60",
-            f"--hub-mirror={SHARED_HUB}", f"--out={tmp_path}"]  # fmt: skip
+            f"--hub-mirror={HUB_FIXTURE}", f"--out={tmp_path}"]  # fmt: skip
     done = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = list(csv.DictReader((tmp_path / "frontier.csv").open()))
