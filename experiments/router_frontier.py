@@ -178,7 +178,11 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--hub-mirror", default=os.environ.get("MIXENS_HUB_MIRROR") or str(REPO.parent / "shared/data/hub"))
+    parser.add_argument(
+        "--hub-mirror",
+        default=os.environ.get("MIXENS_HUB_MIRROR"),
+        help="a folder laid out like the hub holding openai/gsm8k train and test (default: $MIXENS_HUB_MIRROR)",
+    )
     parser.add_argument("--out", default=str(REPO / "outputs" / "router_frontier"))
     args = parser.parse_args(argv)
     args.model = args.model or DEFAULT_MODELS

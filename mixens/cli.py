@@ -57,52 +57,77 @@ def check_datasets(tasks: list[str], manager, mirror) -> None:
 
 
 def evaluate(cfg: DictConfig, out_dir: Path, specs: list) -> dict:
-    """Evaluate a validated run (`specs` = validate_run(cfg)) and write its results."""
-    from mixens.offline_data import reading_from, resolve_hub_mirror
+    """Evaluate a validated run (`specs` = validate_run(cfg)) and write its results.
 
+    With `compare`, the listed strategies run first on the same loaded members and problems."""
+    import lm_eval
+    import lm_eval.evaluator
+
+    from mixens.comparison import compared_ensembles
+    from mixens.ensemble import load_ensemble
+    from mixens.harness import EnsembleLM
+    from mixens.offline_data import reading_from, resolve_hub_mirror
+    from mixens.tracking import git_commit
+
+    # lm-eval records `git describe` of the working directory, which during evaluation is the data
+    # mirror (git prints "fatal: not a git repository"); mixens' own commit is what identifies the code.
+    lm_eval.evaluator.get_git_commit_hash = git_commit
     mirror = resolve_hub_mirror(cfg.data.hub_mirror)
     bench = cfg.benchmark
     tasks = list(bench.tasks)
     started = time.time()
     with reading_from(mirror):
-        import lm_eval
-
-        from mixens.ensemble import load_ensemble
-        from mixens.harness import EnsembleLM
-
         manager = task_manager_for(tasks)
         check_datasets(tasks, manager, mirror)
-        options = {"draw": cfg.ensemble.draw} if cfg.ensemble.strategy == "mixture" else {}
-        if cfg.ensemble.strategy == "averaging_topk_union" and cfg.ensemble.union_top_k is not None:
-            options["union_top_k"] = cfg.ensemble.union_top_k
-        if cfg.ensemble.strategy == "single":
-            options["member"] = cfg.ensemble.member
-        if cfg.ensemble.strategy == "router":
-            options = router_settings(cfg.ensemble)
-        ensemble = load_ensemble(specs, cfg.ensemble.strategy, batch_size=cfg.batch_size, **options)
-        lm = EnsembleLM(ensemble=ensemble, batch_size=cfg.batch_size, seed=cfg.seed)
-        results = lm_eval.simple_evaluate(
-            model=lm,
-            tasks=tasks,
-            task_manager=manager,
-            limit=bench.limit,
-            num_fewshot=bench.num_fewshot,
-            gen_kwargs=generation_overrides(bench) or None,
-            apply_chat_template=bench.apply_chat_template,
-            log_samples=bench.log_samples,
-            random_seed=cfg.seed,
-            numpy_random_seed=cfg.seed,
-            torch_random_seed=cfg.seed,
-            fewshot_random_seed=cfg.seed,
-            bootstrap_iters=0,
-        )
-    return record_run(cfg, out_dir, results, lm, time.time() - started)
+    # Models load in the user's working directory, so relative model folders and files resolve there.
+    ensemble = load_ensemble(specs, cfg.ensemble.strategy, batch_size=cfg.batch_size, **strategy_options(cfg.ensemble))
+    evaluations = []
+    for label, each in compared_ensembles(ensemble, list(cfg.compare)):
+        if cfg.compare:
+            print(f"mixens: evaluating {label}", file=sys.stderr)
+        lm = EnsembleLM(ensemble=each, batch_size=cfg.batch_size, seed=cfg.seed)
+        with reading_from(mirror):
+            results = lm_eval.simple_evaluate(
+                model=lm,
+                tasks=tasks,
+                task_manager=manager,
+                limit=bench.limit,
+                num_fewshot=bench.num_fewshot,
+                gen_kwargs=generation_overrides(bench) or None,
+                apply_chat_template=bench.apply_chat_template,
+                log_samples=bench.log_samples or bool(cfg.compare),  # the comparison's intervals need them
+                random_seed=cfg.seed,
+                numpy_random_seed=cfg.seed,
+                torch_random_seed=cfg.seed,
+                fewshot_random_seed=cfg.seed,
+                bootstrap_iters=0,
+            )
+        evaluations.append((label, results, lm))
+    return record_run(cfg, out_dir, evaluations, time.time() - started)
 
 
-def record_run(cfg: DictConfig, out_dir: Path, results: dict, lm, seconds: float) -> dict:
+def strategy_options(ensemble: DictConfig) -> dict:
+    """The options of the chosen strategy, as load_ensemble takes them."""
+    if ensemble.strategy == "mixture":
+        return {"draw": ensemble.draw}
+    if ensemble.strategy == "averaging_topk_union" and ensemble.union_top_k is not None:
+        return {"union_top_k": ensemble.union_top_k}
+    if ensemble.strategy == "single":
+        return {"member": ensemble.member}
+    if ensemble.strategy == "router":
+        return router_settings(ensemble)
+    return {}
+
+
+def record_run(cfg: DictConfig, out_dir: Path, evaluations: list, seconds: float) -> dict:
+    """results.json for the run's own strategy (the last evaluation), with the comparison rows if any."""
+    from mixens.comparison import comparison_rows
     from mixens.members import describe
     from mixens.tracking import git_commit, metrics_by_task, versions, write_results, write_samples
 
+    _, results, lm = evaluations[-1]
+    for label, compared, _ in evaluations[:-1]:
+        write_samples(out_dir / "compare" / label, compared.get("samples") or {})
     samples = write_samples(out_dir, results.get("samples") or {})
     record = {
         "config": OmegaConf.to_container(cfg, resolve=True),
@@ -116,12 +141,16 @@ def record_run(cfg: DictConfig, out_dir: Path, results: dict, lm, seconds: float
         "n_samples": results.get("n-samples"),
         "seconds": seconds,
     }
+    if cfg.compare:
+        tasks = list(cfg.benchmark.tasks)
+        record["comparison"] = comparison_rows([(l, r, m.speed_stats.as_dict()) for l, r, m in evaluations], tasks)
     record["path"] = str(write_results(out_dir, record))
     return record
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def main(cfg: DictConfig) -> dict:
+    from mixens.comparison import comparison_table
     from mixens.tracking import results_table
 
     hydra_cfg = HydraConfig.get()
@@ -138,7 +167,10 @@ def main(cfg: DictConfig) -> dict:
                 sys.exit(2)
         raise
     (out_dir / "failed.json").unlink(missing_ok=True)  # from an earlier attempt of this job
-    print(results_table(record["metrics"], record["speed"]))
+    if record.get("comparison"):
+        print(comparison_table(record["comparison"]))
+    else:
+        print(results_table(record["metrics"], record["speed"]))
     print(f"results: {record['path']}")
     return record
 
@@ -154,6 +186,10 @@ def run_job(cfg: DictConfig, out_dir: Path, sweep_dir: Path | None) -> dict:
             print(f"mixens: skipping, this config already has results: {found}")
             return {**json.loads(found.read_text()), "path": str(found)}
     specs = validate_run(cfg)  # before a tracker run is opened for a config that cannot run
+    if cfg.threads is not None:
+        import torch
+
+        torch.set_num_threads(cfg.threads)
     group = None if sweep_dir is None else sweep_group(sweep_dir)
     with tracker(cfg, config, out_dir, group) as logger:
         record = evaluate(cfg, out_dir, specs)

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from mixens.comparison import check_compare
 from mixens.spec import ConfigError, ModelSpec, validate_ensemble_request
 
 
@@ -45,6 +46,9 @@ class BenchmarkConfig:
     top_k: Optional[int] = None
     top_p: Optional[float] = None
     apply_chat_template: bool = False
+    # false: every member reads the prompt as written, even members whose spec asks for their chat
+    # template (few-shot completion prompts, which instruct models answer in sentences inside a chat turn)
+    member_chat_templates: bool = True
     log_samples: bool = True
 
 
@@ -77,6 +81,10 @@ class RunConfig:
     seed: int = 0
     batch_size: int = 8
     device: str = "auto"
+    threads: Optional[int] = None  # torch's CPU threads (null: torch's default, one per core)
+    # Also evaluated on the same loaded models and problems, before the run's own strategy, for one
+    # comparison table: "members" (each model alone), "averaging", "averaging_topk_union", "mixture".
+    compare: list[str] = field(default_factory=list)
     skip_existing: bool = False  # a sweep job whose config already has results in the sweep folder is skipped
 
 
@@ -116,9 +124,14 @@ def validate_run(cfg: DictConfig) -> list[ModelSpec]:
     if not cfg.models:
         raise ConfigError("models is empty; pick models with models=[name,...] (see conf/models/).")
     specs = model_specs(cfg)
+    if not cfg.benchmark.member_chat_templates:
+        specs = [replace(s, chat_template=False) for s in specs]
     validate_ensemble_request(specs, cfg.ensemble.strategy)
     if cfg.batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {cfg.batch_size}.")
+    if cfg.threads is not None and cfg.threads < 1:
+        raise ConfigError(f"threads must be >= 1 (or null for torch's default), got {cfg.threads}.")
+    check_compare(list(cfg.compare), cfg.ensemble.strategy)
     if cfg.ensemble.member is not None and cfg.ensemble.member not in [s.name for s in specs]:
         raise ConfigError(
             f"ensemble.member '{cfg.ensemble.member}' is not a selected model; choose one of {[s.name for s in specs]}."

@@ -24,12 +24,20 @@ class GenerationResult:
 class Ensemble:
     """Members, the vocabulary they are mixed in, and a strategy."""
 
-    def __init__(self, members: list[Member], strategy: Strategy, batch_size: int = 8):
+    def __init__(self, members: list[Member], strategy: Strategy, batch_size: int = 8, vocab=None):
         self.members = members
         self.strategy = strategy
         strategy.check_members(members)
         self.batch_size = batch_size
-        self.vocab = build_alignment([m.tokenizer for m in members], [set(m.eos_ids) for m in members])
+        self.vocab = vocab or build_alignment([m.tokenizer for m in members], [set(m.eos_ids) for m in members])
+
+    def with_strategy(self, strategy: str, **options) -> "Ensemble":
+        """The same loaded members and vocabulary alignment under another strategy (nothing is reloaded)."""
+        try:
+            chosen = make_strategy(strategy, len(self.members), **options)
+        except (KeyError, TypeError, ValueError) as err:
+            raise ConfigError(f"strategy '{strategy}' with options {options}: {err}") from None
+        return Ensemble(self.members, chosen, self.batch_size, self.vocab)
 
     @property
     def shared_vocabulary(self) -> bool:

@@ -40,6 +40,8 @@ class _AllMembersWithFeatures(Averaging):
 
 def gsm8k_pairs(hub_mirror: str | Path, split: str = "train", limit: int | None = None) -> list[tuple[str, str]]:
     """(prompt, reference) pairs from a hub mirror's openai/gsm8k main split: the question, then the worked answer."""
+    if not hub_mirror:
+        raise ConfigError("no hub mirror given; pass --hub-mirror PATH (or set MIXENS_HUB_MIRROR) to a folder laid out like the hub.")
     path = Path(hub_mirror) / "openai" / "gsm8k" / "main" / f"{split}.jsonl"
     if not path.is_file():
         raise ConfigError(f"no GSM8K {split} split at {path}; point --hub-mirror at a folder laid out like the hub.")
@@ -149,7 +151,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--model", action="append", required=True, help="NAME=PATH, in ensemble order (2 or more)")
     parser.add_argument("--designated", help="the member that runs first (default: the first --model)")
     parser.add_argument("--data", default="gsm8k", help="'gsm8k' (train split of the hub mirror) or a JSONL file")
-    parser.add_argument("--hub-mirror", default=os.environ.get("MIXENS_HUB_MIRROR") or "../shared/data/hub")
+    parser.add_argument(
+        "--hub-mirror",
+        default=os.environ.get("MIXENS_HUB_MIRROR"),
+        help="a folder laid out like the hub holding openai/gsm8k (default: $MIXENS_HUB_MIRROR)",
+    )
     parser.add_argument("--limit", type=int, default=64, help="calibration documents")
     parser.add_argument("--held-out", type=float, default=0.2, help="share of documents kept for measuring")
     parser.add_argument("--hidden-units", type=int, default=0, help="0: logistic regression; >0: a small MLP")

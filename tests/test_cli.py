@@ -23,12 +23,40 @@ def composed(*overrides: str):
         return compose(config_name="config", overrides=list(overrides))
 
 
-def test_default_is_the_embedded_packaged_pair():
+def test_default_compares_the_packaged_pair_alone_averaged_and_mixed_under_sampling(monkeypatch):
+    monkeypatch.delenv("MIXENS_HUB_MIRROR", raising=False)
     cfg = composed()
     assert [m.path for m in cfg.models.values()] == ["packaged:smollm2-135m-instruct", "packaged:gemma-3-270m"]
     assert cfg.ensemble.strategy == "mixture"
-    assert cfg.benchmark.tasks == ["gsm8k_paper"]
+    assert list(cfg.compare) == ["members", "averaging"]
+    assert cfg.benchmark.tasks == ["sciq_gen"] and cfg.benchmark.limit == 100
+    # The paper's sampling protocol, not greedy decoding (under which mixture is a different decoder).
+    assert cfg.benchmark.do_sample is True and cfg.benchmark.temperature == 1.0 and cfg.benchmark.top_k == 5
+    assert cfg.benchmark.member_chat_templates is False  # few-shot completion prompts
     assert cfg.data.hub_mirror == "packaged"
+    specs = validate_run(cfg)
+    assert [s.chat_template for s in specs] == [False, False]
+
+
+@pytest.mark.slow
+def test_the_default_run_reduced_to_a_few_problems_prints_and_records_its_comparison(tmp_path):
+    """The embedded default end to end on the real packaged models and packaged SciQ rows."""
+    done = run_cli(tmp_path, "data.hub_mirror=packaged", "benchmark.limit=3", "benchmark.max_gen_toks=4", "logger=none")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "fatal: not a git repository" not in done.stderr
+    record = json.loads((tmp_path / "run" / "results.json").read_text())
+    rows = {row["label"]: row for row in record["comparison"]}
+    assert list(rows) == ["smollm2-135m-instruct", "gemma-3-270m", "averaging", "mixture"]
+    assert [rows[k]["member_runs_per_token"] for k in rows] == [1.0, 1.0, 2.0, 1.0]
+    for row in rows.values():
+        score = row["scores"]["sciq_gen"]
+        assert score["n"] == 3 and 0.0 <= score["low"] <= score["mean"] <= score["high"] <= 1.0
+        assert row["tokens_generated"] > 0
+    assert rows["averaging"]["speedup_over_averaging"] == 1.0
+    table = done.stdout[done.stdout.index("strategy") :]
+    assert all(label in table for label in rows) and "decode tokens/s" in table
+    for label in list(rows)[:3]:  # every compared strategy keeps its per-problem outputs
+        assert (tmp_path / "run" / "compare" / label / "samples_sciq_gen.jsonl").is_file()
 
 
 def test_several_models_weights_and_strategy():
