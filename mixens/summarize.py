@@ -218,12 +218,16 @@ def read_paper_results(path: Path | None) -> dict[tuple, dict]:
 
 
 def paper_value(paper: dict[tuple, dict], key: CellKey) -> str:
-    """The published number for a cell; the paper's tables use equal weights, and a row may omit the metric."""
+    """The published number for a cell; the paper's tables use equal weights, a row may omit the metric,
+    and single-model rows state no top-k (so they match a single run at any top-k)."""
     if key.weights is not None and max(key.weights) - min(key.weights) > 1e-6:
         return ""
-    base = (pool_label(key.pool), key.strategy, key.top_k, key.task)
-    row = paper.get((*base, key.metric)) or paper.get((*base, ""))
-    return row["value"] if row else ""
+    for top_k in (key.top_k, None) if key.strategy == "single" else (key.top_k,):
+        base = (pool_label(key.pool), key.strategy, top_k, key.task)
+        row = paper.get((*base, key.metric)) or paper.get((*base, ""))
+        if row:
+            return row["value"]
+    return ""
 
 
 # ---------------------------------------------------------------------------------------------

@@ -137,16 +137,24 @@ def test_published_numbers_sit_beside_the_cells(sweep, tmp_path):
         "table,pool,strategy,top_k,task,metric,value,source\n"
         f'T1,{SMOL}+{GEMMA},mixture,5,{TASK},"{METRIC}",71.3,test\n'
         f"T1,{SMOL}+{GEMMA},averaging_topk_union,5,{TASK},,70.1,test\n"  # no metric: any
+        f'T1,{SMOL},single,,{TASK},"{METRIC}",40.2,test\n'  # single rows state no top-k
     )
     done = summarize([sweep], tmp_path / "out", paper_csv=paper, plots=False)
     me = [r for r in done["rows"] if r["strategy"] == "ME" and r["weights"] == "0.5/0.5"][0]
     ce = [r for r in done["rows"] if r["strategy"] == "CE" and r["weights"] == "0.5/0.5"][0]
     assert me["paper"] == "71.3" and ce["paper"] == "70.1"
-    assert all(r["paper"] == "" for r in done["rows"] if r is not me and r is not ce)  # not other weights
+    smol = [r for r in done["rows"] if r["pool"] == SMOL]
+    assert smol and all(r["paper"] == "40.2" for r in smol)
+    others = [r for r in done["rows"] if r is not me and r is not ce and r["pool"] != SMOL]
+    assert others and all(r["paper"] == "" for r in others)  # not other weights, not the other member
 
 
 def test_the_shipped_paper_file_parses_and_an_empty_one_is_said(sweep, tmp_path):
-    read_paper_results(PAPER_RESULTS)  # header and notes only, or real rows: both must parse
+    shipped = read_paper_results(PAPER_RESULTS)
+    assert len(shipped) == 92  # the 96 cells of the two tables; OpenChat alone is printed in both, identically
+    qwen = "qwen2.5-3b-instruct+qwen2.5-math-1.5b-instruct"
+    assert shipped[(qwen, "averaging_topk_union", 5, "gsm8k_paper", "exact_match,extract")]["value"] == "83.14"
+    assert shipped[("qwen2.5-3b-instruct", "single", None, "arc_paper", "exact_match,extract")]["value"] == "81.81"
     empty = tmp_path / "empty.csv"
     empty.write_text("table,pool,strategy,top_k,task,metric,value,source\n")
     done = summarize([sweep], tmp_path / "out", paper_csv=empty, plots=False)
