@@ -14,7 +14,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from mixens.config import generation_overrides, register_schema, router_settings, validate_run
+from mixens.config import generation_overrides, register_schema, strategy_options, validate_run
 from mixens.spec import ConfigError
 
 log = logging.getLogger("mixens")
@@ -106,19 +106,6 @@ def evaluate(cfg: DictConfig, out_dir: Path, specs: list) -> dict:
     return record_run(cfg, out_dir, evaluations, time.time() - started)
 
 
-def strategy_options(ensemble: DictConfig) -> dict:
-    """The options of the chosen strategy, as load_ensemble takes them."""
-    if ensemble.strategy == "mixture":
-        return {"draw": ensemble.draw}
-    if ensemble.strategy == "averaging_topk_union" and ensemble.union_top_k is not None:
-        return {"union_top_k": ensemble.union_top_k}
-    if ensemble.strategy == "single":
-        return {"member": ensemble.member}
-    if ensemble.strategy == "router":
-        return router_settings(ensemble)
-    return {}
-
-
 def record_run(cfg: DictConfig, out_dir: Path, evaluations: list, seconds: float) -> dict:
     """results.json for the run's own strategy (the last evaluation), with the comparison rows if any."""
     from mixens.comparison import comparison_rows
@@ -138,6 +125,7 @@ def record_run(cfg: DictConfig, out_dir: Path, evaluations: list, seconds: float
         "git_commit": git_commit(),
         "members": [describe(m) for m in lm.ensemble.members],
         "samples": samples,
+        "group_subtasks": results.get("group_subtasks"),  # which samples files a group's score averages
         "n_samples": results.get("n-samples"),
         "seconds": seconds,
     }

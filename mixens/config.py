@@ -151,6 +151,20 @@ def validate_run(cfg: DictConfig) -> list[ModelSpec]:
 ROUTER_KEYS = ("policy", "designated", "threshold", "criterion", "handover", "router_path", "draw")
 
 
+def strategy_options(ensemble) -> dict:
+    """The options of the chosen strategy (from a run's `ensemble` config or its recorded dict)."""
+    strategy = ensemble["strategy"]
+    if strategy == "mixture":
+        return {"draw": ensemble["draw"]}
+    if strategy == "averaging_topk_union" and ensemble.get("union_top_k") is not None:
+        return {"union_top_k": ensemble["union_top_k"]}
+    if strategy == "single":
+        return {"member": ensemble.get("member")}
+    if strategy == "router":
+        return router_settings(ensemble)
+    return {}
+
+
 def router_settings(ensemble: DictConfig) -> dict:
     """The ensemble config's router settings, as load_ensemble takes them."""
     return {key: ensemble[key] for key in ROUTER_KEYS}

@@ -4,6 +4,8 @@ from __future__ import annotations
 import csv
 import math
 import statistics
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,8 +14,10 @@ from omegaconf import OmegaConf
 from scipy import stats
 
 from mixens.cli import CONF_DIR
-from mixens.plots import accuracy_series, lambda_series
-from mixens.summarize import PAPER_RESULTS, group_cells, load_runs, main, read_paper_results, summarize
+from mixens.report.cells import group_cells, load_runs
+from mixens.report.plots import accuracy_series, lambda_series
+from mixens.report.tables import PAPER_RESULTS, read_paper_results
+from mixens.summarize import main, summarize
 from mixens.tracking import write_results
 
 SMOL, GEMMA = "smollm2-135m-instruct", "gemma-3-270m"
@@ -79,7 +83,8 @@ def test_runs_are_grouped_into_cells_by_pool_strategy_topk_weights(sweep):
     assert pools == {(GEMMA, SMOL), (SMOL,), (GEMMA,)}  # sorted names; a single run is its member
     assert {key.metric for key in cells} == {METRIC}  # stderr and sample_len are not scores
     ce = [c for k, c in cells.items() if k.strategy == "averaging_topk_union" and k.weights == (0.5, 0.5)]
-    assert len(ce) == 1 and ce[0].key.top_k == 5 and ce[0].by_seed == dict(zip(SEEDS, SCORES["averaging_topk_union"]))
+    assert len(ce) == 1 and ce[0].key.top_k == 5
+    assert {seed: run.value for seed, run in ce[0].by_seed.items()} == dict(zip(SEEDS, SCORES["averaging_topk_union"]))
     assert len(cells) == 4 + 4  # 4 equal-weight cells + 2 weightings x 2 strategies
 
 
@@ -95,16 +100,21 @@ def test_the_table_has_means_stds_gains_and_paired_differences(sweep, tmp_path):
     assert ce["gain_over_best_single"] == pytest.approx(5.0) and me["gain_over_best_single"] == pytest.approx(10.0)
     assert rows[("single", SMOL, "")]["mean"] == pytest.approx(40.0)
 
+    assert ce["ci_low"] == pytest.approx(60.0 - stats.t.ppf(0.975, 2) * 10.0 / math.sqrt(3))
+
     paired = {p["weights"]: p for p in done["paired"]}
-    assert paired["0.5/0.5"]["n_pairs"] == 3
-    assert paired["0.5/0.5"]["me_minus_ce"] == pytest.approx(5.0)  # differences 5, 0, 10
-    t = 5.0 / (5.0 / math.sqrt(3))  # mean / (sd / sqrt(n)) of the differences
-    assert paired["0.5/0.5"]["p_value"] == pytest.approx(2 * stats.t.sf(t, df=2))
-    assert math.isnan(paired["0.25/0.75"]["p_value"])  # one pair: no test
+    equal = paired["0.5/0.5"]
+    # No samples files in this sweep: paired by seed; differences 5, 0, 10 points.
+    assert (equal["unit"], equal["n"], equal["seeds"]) == ("seeds", 3, 3)
+    assert equal["me_minus_ce"] == pytest.approx(5.0)
+    # Exact sign-flip test over 2^3 patterns: |mean| >= 5 points in half of them.
+    assert equal["p_difference"] == pytest.approx(0.5)
+    assert equal["verdict"] == "undecided"  # 3 seeds show neither a difference nor equivalence
+    assert equal["speedup"] == pytest.approx(1.0)  # the fixture's runs all report 20 tokens/s
+    assert math.isnan(paired["0.25/0.75"]["p_difference"])  # one pair: no test
 
     table = (tmp_path / "out" / "summary.md").read_text()
-    assert "| 60.00 ± 10.00 | +5.00 (gemma-3-270m) |" in table
-    assert "| 3 | +5.00 | 0.225 |" in table  # t = sqrt(3), df = 2
+    assert "+5.00 (gemma-3-270m)" in table and "| undecided |" in table
     with (tmp_path / "out" / "cells.csv").open() as handle:
         written = list(csv.DictReader(handle))
     assert len(written) == 8 and {r["strategy"] for r in written} == {"CE", "ME", "single"}
@@ -112,21 +122,22 @@ def test_the_table_has_means_stds_gains_and_paired_differences(sweep, tmp_path):
 
 def test_plots_are_written_and_draw_the_inputs(sweep, tmp_path):
     done = summarize([sweep], tmp_path, paper_csv=None)
-    assert {p.name for p in done["figures"]} == {"accuracy_by_strategy.png", "lambda_tradeoff.png"}
+    assert {p.name for p in done["figures"]} == {"accuracy.png", "me_minus_ce.png", "speedup.png", "lambda_tradeoff.png"}
     for path in done["figures"]:
         assert path.stat().st_size > 10_000
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    bars = accuracy_series(done["cells"])[(TASK, METRIC)][f"{GEMMA}+{SMOL}"]
-    assert bars["CE k=5"] == pytest.approx((60.0, 10.0))
-    assert bars["ME k=5"][0] == pytest.approx(65.0)
-    assert bars["best single k=5"] == pytest.approx((55.0, 5.0))
+    points = {label: rest for label, *rest in accuracy_series(done["cells"])[(TASK, METRIC)]}
+    half = stats.t.ppf(0.975, 2) * 10.0 / math.sqrt(3)  # CE: mean 60, std 10 over 3 seeds
+    assert points[f"{GEMMA}+{SMOL} · CE k=5"] == pytest.approx([60.0, 60.0 - half, 60.0 + half])
+    assert points[f"{GEMMA}+{SMOL} · ME k=5"][0] == pytest.approx(65.0)
+    assert points[f"{GEMMA} · single k=5"][0] == pytest.approx(55.0)  # the members alone beside them
 
-    lines = lambda_series(done["cells"])[(f"{GEMMA}+{SMOL}", TASK, METRIC)]
-    # x = Gemma's weight (first in the sorted pool): 0.25, 0.5 and 0.75, with their accuracy and speed
+    lines = lambda_series(done["cells"])[(f"{GEMMA}+{SMOL}", SMOL, TASK, METRIC)]
+    # λ = the weight of the model the runs list first (SmolLM2, as the paper's λ is its first model's)
     assert [p[0] for p in lines["ME k=5"]] == [0.25, 0.5, 0.75]
-    assert lines["ME k=5"][0] == pytest.approx((0.25, 32.5, 30.0))
-    assert lines["ME k=5"][2] == pytest.approx((0.75, 37.5, 10.0))
+    assert lines["ME k=5"][0] == pytest.approx((0.25, 37.5, 10.0))
+    assert lines["ME k=5"][2] == pytest.approx((0.75, 32.5, 30.0))
     assert [p[2] for p in lines["CE k=5"]] == pytest.approx([5.0, 20.0, 5.0])
 
 
@@ -158,16 +169,58 @@ def test_the_shipped_paper_file_parses_and_an_empty_one_is_said(sweep, tmp_path)
     empty = tmp_path / "empty.csv"
     empty.write_text("table,pool,strategy,top_k,task,metric,value,source\n")
     done = summarize([sweep], tmp_path / "out", paper_csv=empty, plots=False)
-    assert "not in experiments/paper_results.csv yet" in done["markdown"]
+    assert "No published numbers were read" in done["markdown"]
 
 
 def test_the_command_line_writes_next_to_the_outputs(sweep, capsys):
     main([str(sweep / "pool"), "--no-plots"])
     printed = capsys.readouterr().out
-    assert "ME minus CE" in printed and "12 runs in 4 cells" in printed
+    assert "ME minus CE" in printed and "12 runs in 4 cells" in printed and "How to read this" in printed
     assert (sweep / "pool" / "summary" / "summary.md").exists()
 
 
 def test_no_results_is_a_clear_error(tmp_path):
     with pytest.raises(SystemExit, match="no results.json"):
         summarize([tmp_path], tmp_path / "out")
+
+
+def paper_pool_config(*overrides: str) -> dict:
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["+experiment=paper_qwen", "benchmark.top_k=5", *overrides])
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def test_the_command_summarises_a_paper_pool_beside_the_papers_numbers(tmp_path):
+    """`python -m mixens.summarize` on a sweep named like the paper's Qwen pool: the paper's layout with
+    its numbers, the members alone as rows, and a temperature variant kept apart from the protocol's runs."""
+    qwen, math_ = "qwen2.5-3b-instruct", "qwen2.5-math-1.5b-instruct"
+    runs = {
+        "ce": (paper_pool_config("ensemble=averaging_topk_union"), (0.82, 0.84, 0.83)),
+        "me": (paper_pool_config("ensemble=mixture"), (0.83, 0.83, 0.84)),
+        "qwen": (paper_pool_config("ensemble=single", f"ensemble.member={qwen}"), (0.79, 0.80, 0.78)),
+        "math": (paper_pool_config("ensemble=single", f"ensemble.member={math_}"), (0.78, 0.79, 0.80)),
+    }
+    for name, (config, scores) in runs.items():
+        for seed, score in zip(SEEDS, scores):
+            write_run(tmp_path / "sweep" / f"{name}_{seed}", config, seed, score)
+    # Two runs at seed 0 that differ in temperature only: two cells of one run each, not one of two seeds.
+    for temperature, score in ((0.7, 0.5), (0.3, 0.6)):
+        config = paper_pool_config("ensemble=mixture", f"benchmark.temperature={temperature}")
+        write_run(tmp_path / "sweep" / f"me_t{temperature}", config, 0, score)
+    out = tmp_path / "summary"
+    done = subprocess.run([sys.executable, "-m", "mixens.summarize", str(tmp_path / "sweep"), "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    layout = done.stdout[done.stdout.index(f"### {qwen}+{math_}") :].split("\n\n")[1]
+    rows = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in layout.splitlines()[2:]}
+    assert rows[f"{qwen} (single) [benchmark.temperature=1.0]"].endswith("(79.77)")  # the members alone, with the paper's
+    assert rows[f"{math_} (single) [benchmark.temperature=1.0]"].endswith("(79.39)")
+    assert rows["CE k=5 [benchmark.temperature=1.0]"].startswith("83.00 ± ") and rows["CE k=5 [benchmark.temperature=1.0]"].endswith("(83.14)")
+    assert rows["ME k=5 [benchmark.temperature=0.7]"] == "50.00"  # one run: no interval, no paper number
+    assert rows["ME k=5 [benchmark.temperature=0.3]"] == "60.00"
+    with (out / "cells.csv").open() as handle:
+        me_rows = [r for r in csv.DictReader(handle) if r["strategy"] == "ME"]
+    assert sorted((r["settings"], r["n_seeds"]) for r in me_rows) == [
+        ("benchmark.temperature=0.3", "1"), ("benchmark.temperature=0.7", "1"), ("benchmark.temperature=1.0", "3")]
+    assert {p.name for p in out.glob("*.png")} >= {"accuracy.png", "me_minus_ce.png", "speedup.png"}
+    assert "\\begin{tabular}" in (out / "tables.tex").read_text()
