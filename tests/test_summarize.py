@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 import statistics
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
@@ -224,3 +226,36 @@ def test_the_command_summarises_a_paper_pool_beside_the_papers_numbers(tmp_path)
         ("benchmark.temperature=0.3", "1"), ("benchmark.temperature=0.7", "1"), ("benchmark.temperature=1.0", "3")]
     assert {p.name for p in out.glob("*.png")} >= {"accuracy.png", "me_minus_ce.png", "speedup.png"}
     assert "\\begin{tabular}" in (out / "tables.tex").read_text()
+
+
+def test_a_comparison_run_gives_a_cell_per_strategy_paired_by_problem(tmp_path):
+    """A default-style run (compare: members, averaging) holds four strategies on the same problems."""
+    config = run_config("ensemble=mixture", "compare=[members,averaging]")
+    rng = np.random.default_rng(0)
+    labels = [SMOL, GEMMA, "averaging", "mixture"]
+    for seed in SEEDS:
+        folder = tmp_path / f"seed{seed}"
+        rows = []
+        for label in labels:
+            correct = (rng.random(40) < 0.5).astype(float)
+            where = folder if label == "mixture" else folder / "compare" / label
+            where.mkdir(parents=True, exist_ok=True)
+            lines = [json.dumps({"doc_id": i, "filter": "none", "exact_match": c}) for i, c in enumerate(correct)]
+            (where / "samples_sciq_gen.jsonl").write_text("\n".join(lines) + "\n")
+            score = {"metric": "exact_match,none", "n": 40, "mean": correct.mean(), "low": 0.0, "high": 1.0}
+            rows.append({"label": label, "scores": {"sciq_gen": score}, "tokens_per_second": 10.0 if label == "mixture" else 5.0})
+        record = {
+            "config": {**config, "seed": seed, "benchmark": {**config["benchmark"], "tasks": ["sciq_gen"]}},
+            "metrics": {"sciq_gen": {"exact_match,none": rows[-1]["scores"]["sciq_gen"]["mean"]}},
+            "speed": {"tokens_per_second": 10.0}, "seed": seed, "samples": {"sciq_gen": "samples_sciq_gen.jsonl"},
+            "comparison": rows,
+        }  # fmt: skip
+        write_results(folder, record)
+    done = summarize([tmp_path], tmp_path / "out", paper_csv=None, plots=False)
+    strategies = sorted((r["strategy"], r["pool"]) for r in done["rows"])
+    assert strategies == [("CE (exact)", f"{GEMMA}+{SMOL}"), ("ME", f"{GEMMA}+{SMOL}"), ("single", GEMMA), ("single", SMOL)]
+    assert all(r["n_seeds"] == 3 for r in done["rows"])
+    (paired,) = done["paired"]
+    assert (paired["baseline"], paired["unit"], paired["n"]) == ("CE (exact)", "problems", 40)
+    assert paired["speedup"] == pytest.approx(2.0)
+    assert [r["best_single"] for r in done["rows"] if r["strategy"] == "ME"] != [""]

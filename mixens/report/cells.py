@@ -15,6 +15,7 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mixens.comparison import COMPARABLE
 from mixens.config import strategy_options
 from mixens.report.stats import mean_interval
 
@@ -141,31 +142,41 @@ def settings_of(config: dict, pool: tuple[str, ...]) -> tuple[tuple[str, str], .
 
 
 def runs_of(record: dict, path: str = "") -> list[Run]:
-    """One run per (task, score) a results record holds, for the tasks its benchmark named."""
-    config = record["config"]
+    """One run per (task, score) a results record holds, for the tasks its benchmark named; a run with
+    `compare` also holds the strategies it ran beside its own, on the same problems and seed."""
+    config, folder = record["config"], Path(path).parent
+    seed = int(record.get("seed", config.get("seed", 0)))
+    samples = {task: folder / name for task, name in (record.get("samples") or {}).items()}
+    speed = (record.get("speed") or {}).get("tokens_per_second")
+    runs = _runs(config, record.get("metrics") or {}, speed, samples, record, seed, path)
+    for row in (record.get("comparison") or [])[:-1]:  # the last row is the run's own strategy
+        label = row["label"]
+        strategy = {"strategy": "single", "member": label} if label not in COMPARABLE else {"strategy": label}
+        compared = {**config, "ensemble": {**config["ensemble"], "union_top_k": None, **strategy}}
+        metrics = {task: {score["metric"]: score["mean"]} for task, score in row["scores"].items()}
+        files = {f.stem.removeprefix("samples_"): f for f in (folder / "compare" / label).glob("samples_*.jsonl")}
+        runs += _runs(compared, metrics, row.get("tokens_per_second"), files, record, seed, path)
+    return runs
+
+
+def _runs(config: dict, metrics: dict, rate, sample_files: dict, record: dict, seed: int, path: str) -> list[Run]:
     pool, weights = pool_of(config)
     bench = config.get("benchmark") or {}
     ensemble = config["ensemble"]
     options = tuple(sorted((k, json.dumps(v)) for k, v in strategy_options(ensemble).items() if k != "member"))
     settings = settings_of(config, pool)
     first = next((m.get("name") or k for k, m in (config.get("models") or {}).items()), "")
-    rate = (record.get("speed") or {}).get("tokens_per_second")
-    metrics = record.get("metrics") or {}
-    folder = Path(path).parent
-    sample_files = {task: folder / name for task, name in (record.get("samples") or {}).items()}
     groups = record.get("group_subtasks") or {}
     # A group task (mmlu_paper) also reports each subtask; the table keeps the names the run asked for.
     tasks = [t for t in bench.get("tasks") or metrics if t in metrics]
     runs = []
     for task in tasks:
-        leaves = _leaves(task, groups, sample_files)
-        samples = {leaf: sample_files[leaf] for leaf in leaves if leaf in sample_files}
+        samples = {leaf: sample_files[leaf] for leaf in _leaves(task, groups, sample_files) if leaf in sample_files}
         for metric, value in sorted(metrics[task].items()):
             numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
             if not numeric or "stderr" in metric or metric.split(",")[0] in NOT_SCORES:
                 continue
             key = CellKey(pool, ensemble["strategy"], bench.get("top_k"), weights, task, metric, options, settings)
-            seed = int(record.get("seed", config.get("seed", 0)))
             runs.append(Run(key, seed, float(value), rate, path, samples, first))
     return runs
 
