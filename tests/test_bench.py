@@ -6,7 +6,7 @@ import json
 import pytest
 
 from mixens.bench.__main__ import main
-from mixens.bench.cost_model import expected_catchup_cost, ideal_averaging_step, ideal_mixture_step
+from mixens.bench.cost_model import cost_at, expected_catchup_cost, ideal_averaging_step, ideal_mixture_step
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +65,12 @@ def test_ratios_follow_from_the_raw_timings(study):
     for run in runs.values():
         assert 0 <= run["prefill_seconds"] <= run["seconds"]
         assert run["tokens"] == run["steps"] * run["batch"]  # nothing ends early: no end-of-sequence ids
+
+
+def test_a_noisy_falling_cost_curve_never_makes_a_negative_ideal():
+    falling = [1.0, 0.9, 0.7, 0.5]  # noise on a tiny model: longer catch-ups measured as cheaper
+    assert cost_at(falling, 100) == pytest.approx(0.5)
+    assert ideal_mixture_step([falling] * 2, [0.05, 0.95]) > 0
 
 
 def test_cost_model_limits():

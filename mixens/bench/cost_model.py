@@ -11,12 +11,13 @@ from collections.abc import Sequence
 
 
 def cost_at(costs: Sequence[float], k: int) -> float:
-    """c(k), extended linearly past the measured range (a catch-up grows with the tokens it feeds)."""
+    """c(k), extended linearly past the measured range. A catch-up never gets cheaper with more tokens,
+    so a falling tail (timing noise on tiny models) is extended flat, never down to negative costs."""
     if k <= len(costs):
         return costs[k - 1]
     if len(costs) == 1:
         return costs[0]
-    slope = (costs[-1] - costs[len(costs) // 2 - 1]) / (len(costs) - len(costs) // 2)
+    slope = max(0.0, (costs[-1] - costs[len(costs) // 2 - 1]) / (len(costs) - len(costs) // 2))
     return costs[-1] + slope * (k - len(costs))
 
 
