@@ -141,6 +141,21 @@ def write_table(rows: list[dict], out: Path) -> None:
     (out / "frontier.md").write_text("\n".join(lines) + "\n")
 
 
+def annotate_apart(ax, labels: dict[tuple[float, float], list[str]]) -> None:
+    """One label per point, moved down in steps until its box overlaps no label placed before it."""
+    renderer = ax.figure.canvas.get_renderer()
+    placed = []
+    for (x, y), names in sorted(labels.items(), key=lambda item: (item[0][0], -item[0][1])):
+        text = " / ".join(dict.fromkeys(names))
+        for lift in range(0, 60, 7):
+            note = ax.annotate(text, (x, y), fontsize=6, xytext=(4, 2 - lift), textcoords="offset points")
+            box = note.get_window_extent(renderer)
+            if not any(box.overlaps(other) for other in placed) or lift + 7 >= 60:
+                break  # a free place, or the last try: a label is never dropped
+            note.remove()
+        placed.append(box)
+
+
 def plot(rows: list[dict], path: Path, title: str) -> None:
     import matplotlib
 
@@ -148,23 +163,28 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    labelled = {}
     for ax, metric, ylabel in (
         (axes[0], "reference_prob", "P(reference token), mean"),
         (axes[1], "greedy_accuracy", "greedy next-token accuracy"),
     ):
+        labels = labelled[ax] = {}
         for family in dict.fromkeys(r["family"] for r in rows):
             points = sorted((r["member_runs_per_token"], r[metric], r["config"]) for r in rows if r["family"] == family)
-            xs, ys, labels = zip(*points)
+            xs, ys, _ = zip(*points)
             style = "o" if family == "single" else "o-"
             ax.plot(xs, ys, style, label=family, alpha=0.8)
-            for x, y, label in points:
-                ax.annotate(label, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+            for x, y, config in points:  # points that coincide (mixture and the random router) get one label
+                labels.setdefault((round(x, 6), round(y, 6)), []).append(config)
         ax.set_xlabel("members run per token (per sequence)")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.suptitle(f"accuracy-cost frontier, teacher-forced GSM8K answers: {title}")
     fig.tight_layout()
+    fig.canvas.draw()  # final limits and layout, so that label boxes are where they will be drawn
+    for ax, labels in labelled.items():
+        annotate_apart(ax, labels)
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
