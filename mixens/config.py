@@ -15,7 +15,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from mixens.comparison import check_compare
-from mixens.spec import ConfigError, ModelSpec, validate_ensemble_request
+from mixens.spec import ConfigError, GenerationOptions, ModelSpec, validate_ensemble_request
 
 
 @dataclass
@@ -141,11 +141,32 @@ def validate_run(cfg: DictConfig) -> list[ModelSpec]:
     bench = cfg.benchmark
     if not bench.tasks:
         raise ConfigError("benchmark.tasks is empty; name at least one lm-eval task.")
-    if bench.limit is not None and bench.limit <= 0:
-        raise ConfigError(f"benchmark.limit must be > 0 (or null for all), got {bench.limit}.")
+    if bench.limit is not None and (bench.limit <= 0 or (bench.limit >= 1 and bench.limit != int(bench.limit))):
+        raise ConfigError(
+            f"benchmark.limit must be a whole number of examples or a fraction below 1 (or null for all), got {bench.limit}."
+        )
+    if bench.num_fewshot is not None and bench.num_fewshot < 0:
+        raise ConfigError(f"benchmark.num_fewshot must be >= 0 (or null for the task's own), got {bench.num_fewshot}.")
     if bench.max_gen_toks is not None and bench.max_gen_toks < 1:
         raise ConfigError(f"benchmark.max_gen_toks must be >= 1, got {bench.max_gen_toks}.")
+    if cfg.seed < 0:
+        raise ConfigError(f"seed must be >= 0, got {cfg.seed}.")
+    check_generation(bench)
     return specs
+
+
+def check_generation(bench: DictConfig) -> None:
+    """The benchmark's sampling overrides, checked as the decoder would check them, before any model loads."""
+    try:
+        GenerationOptions(
+            max_new_tokens=bench.max_gen_toks or 1,
+            do_sample=bool(bench.do_sample),
+            temperature=1.0 if bench.temperature is None else bench.temperature,
+            top_k=bench.top_k or 0,
+            top_p=1.0 if bench.top_p is None else bench.top_p,
+        )
+    except ConfigError as err:
+        raise ConfigError(f"benchmark.{err}") from None
 
 
 ROUTER_KEYS = ("policy", "designated", "threshold", "criterion", "handover", "router_path", "draw")

@@ -117,6 +117,29 @@ def test_validation_names_the_field_before_loading():
         validate_run(cfg)
 
 
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("seed=-1", r"^seed must be >= 0, got -1"),
+        ("benchmark.num_fewshot=-1", r"^benchmark\.num_fewshot must be >= 0"),
+        ("benchmark.limit=1.5", r"^benchmark\.limit must be a whole number"),
+        ("benchmark.temperature=0", r"^benchmark\.temperature must be > 0 when sampling"),
+        ("benchmark.top_p=0", r"^benchmark\.top_p must be in \(0, 1\]"),
+        ("benchmark.top_k=-3", r"^benchmark\.top_k must be >= 0"),
+        ("threads=0", r"^threads must be >= 1"),
+        ("compare=[avergaing]", r"^compare has 'avergaing'"),
+    ],
+)
+def test_run_settings_are_checked_before_any_model_loads(override, message):
+    with pytest.raises(ConfigError, match=message):
+        validate_run(composed(override))  # the default samples (do_sample=true): temperature 0 is a mistake
+
+
+def test_a_fraction_and_a_whole_limit_are_both_fine():
+    validate_run(composed("benchmark.limit=0.5"))
+    validate_run(composed("benchmark.limit=20"))
+
+
 def run_cli(tmp_path: Path, *overrides: str, multirun: bool = False) -> subprocess.CompletedProcess:
     env = {**os.environ, "MIXENS_HUB_MIRROR": str(HUB_FIXTURE)}
     args = [sys.executable, "-m", "mixens", *(["-m"] if multirun else []), *overrides]
