@@ -219,11 +219,9 @@ def paper_layout(cells: dict[CellKey, Cell], paper: dict[tuple, dict]) -> dict[s
         if len(key.pool) < 2 or max(key.weights) - min(key.weights) > 1e-6:
             continue
         suffix = f" [{settings_text(key, varying)}]" if varying else ""
-        entries = [(key.label() + suffix, key, cells[key])]
-        for member in key.pool:
-            alone = cells.get(single_key(key, member))
-            if alone is not None:
-                entries.insert(0, (f"{member} (single)" + suffix, alone.key, alone))
+        alone = [cells.get(single_key(key, member)) for member in key.pool]
+        entries = [(f"{c.key.pool[0]} (single){suffix}", c.key, c) for c in alone if c is not None]
+        entries.append((key.label() + suffix, key, cells[key]))
         for row, entry_key, cell in entries:
             long.append({"pool": pool_label(key.pool), "row": row, "task": PAPER_TASKS.get(key.task, key.task),
                          "metric": key.metric, "order": sort_key(entry_key)[-1], "text": _entry(cell, paper)})  # fmt: skip
