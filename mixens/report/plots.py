@@ -90,9 +90,8 @@ def differences_figure(paired: list[Paired]):
     for y, (_, diff, low, high, _) in zip(ys, series):
         ax.errorbar(diff, y, xerr=[[diff - low], [high - diff]], fmt="o", color="tab:blue", capsize=3)
     ax.set_yticks(ys, [s[0] for s in series], fontsize=8)
-    ax.set_xlabel("ME − CE (accuracy points), with its 95% interval")
+    ax.set_xlabel(f"ME − CE (accuracy points) with its 95% interval; shaded: the equivalence margin ±{margin:g}")
     _fit_x(ax, [s[2] for s in series] + [-margin], [s[3] for s in series] + [margin], 0.0)
-    ax.legend(fontsize=8, loc="lower right")
     return fig
 
 
@@ -107,11 +106,9 @@ def accuracy_series(cells: dict[CellKey, Cell]) -> dict[tuple[str, str], list[tu
         if len(key.pool) < 2 or not _uniform(key.weights):
             continue
         points = series.setdefault((key.task, key.metric), [])
-        entries = [(f"{pool_label(key.pool)} · {key.label()}", cells[key])]
-        for member in key.pool:
-            alone = cells.get(single_key(key, member))
-            if alone is not None:
-                entries.append((f"{member} · {alone.key.label()}", alone))
+        alone = [cells.get(single_key(key, member)) for member in key.pool]
+        entries = [(f"{c.key.pool[0]} · {c.key.label()}", c) for c in alone if c is not None]
+        entries.append((f"{pool_label(key.pool)} · {key.label()}", cells[key]))
         for label, cell in entries:
             if label not in [p[0] for p in points]:
                 low, high = cell.interval
