@@ -240,3 +240,19 @@ def test_a_failing_job_leaves_the_other_jobs_and_skip_existing_reuses_them(tiny_
     assert (finished / "results.json").read_text() == first
     results = (tmp_path / "sweep").glob("*/results.json")
     assert sorted(json.loads(p.read_text())["config"]["benchmark"]["max_gen_toks"] for p in results) == [3, 5]
+
+
+def test_a_relative_model_folder_loads_from_where_the_user_is_with_a_data_mirror_set(tiny_models, tmp_path):
+    import shutil
+
+    shutil.copytree(tiny_models["bpe_a"], tmp_path / "models" / "mine")
+    args = [sys.executable, "-m", "mixens", "models=[]", "+models.mine={name:mine,path:models/mine,weight:1.0}",
+            "ensemble=single", "device=cpu", "benchmark=gsm8k_paper", "benchmark.limit=1", "benchmark.max_gen_toks=2",
+            f"data.hub_mirror={HUB_FIXTURE}", "logger=none", f"hydra.run.dir={tmp_path}/run"]  # fmt: skip
+    done = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert record["members"][0]["name"] == "mine" and record["speed"]["tokens_generated"] > 0
+    missing = subprocess.run([*args[:4], "+models.mine={name:mine,path:models/other,weight:1.0}", *args[5:]],
+                             cwd=tmp_path, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert missing.returncode == 2 and "models/other" in missing.stderr and "Loading weights" not in missing.stderr
