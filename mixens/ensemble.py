@@ -45,7 +45,7 @@ class Ensemble:
 
     def generate(
         self,
-        prompts: Sequence[str],
+        prompts: str | Sequence[str],
         *,
         max_new_tokens: int,
         do_sample: bool = True,
@@ -63,7 +63,9 @@ class Ensemble:
         batches of `batch_size`, in the order given; the same seed and batching give the same texts.
         """
         GenerationOptions(max_new_tokens, do_sample, temperature, top_k, top_p, seed)
-        prompts = list(prompts)
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)  # a string is one prompt, not its characters
+        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+            raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}.")
         stops = _per_prompt_stops(until, len(prompts))
         sampling = Sampling(do_sample, temperature, top_k, top_p)
         size = batch_size or self.batch_size

@@ -115,3 +115,13 @@ def test_every_eos_id_of_the_generation_config_ends_a_sequence(tiny_models, tmp_
 def test_per_prompt_stop_lists_must_match_prompts(ensembles):
     with pytest.raises(mixens.ConfigError, match="one per prompt"):
         ensembles["shared"]["mixture"].generate(PROMPTS, max_new_tokens=2, until=[["a"], ["b"]])
+
+
+def test_a_string_is_one_prompt_and_a_bad_batch_size_is_refused(tiny_models):
+    ensemble = mixens.load_ensemble([spec(tiny_models["bpe_a"], "a")], "single")
+    one = ensemble.generate("The capital of France is", max_new_tokens=3, do_sample=False)
+    listed = ensemble.generate(["The capital of France is"], max_new_tokens=3, do_sample=False)
+    assert len(one.texts) == 1 and one.texts == listed.texts
+    for bad in (0, -1, 2.5):
+        with pytest.raises(mixens.ConfigError, match="batch_size must be an integer >= 1"):
+            ensemble.generate(["a", "b"], max_new_tokens=2, batch_size=bad)
