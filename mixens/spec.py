@@ -64,10 +64,11 @@ def normalized_weights(specs: Sequence[ModelSpec]) -> list[float]:
             raise ConfigError(f"models[{i}].weight ({spec.name}) is {spec.weight}; give a finite number >= 0.")
         if spec.weight < 0:
             raise ConfigError(f"models[{i}].weight ({spec.name}) is negative ({spec.weight}); weights must be >= 0.")
-    total = sum(spec.weight for spec in specs)
-    if total <= 0:
+    largest = max(spec.weight for spec in specs)
+    if largest <= 0:
         raise ConfigError("models[*].weight are all zero; give at least one member a positive weight.")
-    return [spec.weight / total for spec in specs]
+    scaled = [spec.weight / largest for spec in specs]  # first to at most 1, so that the sum cannot overflow
+    return [w / sum(scaled) for w in scaled]
 
 
 def validate_device(device: str, field_name: str) -> None:
@@ -146,8 +147,8 @@ class GenerationOptions:
             raise ConfigError(f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}.")
         if self.do_sample and not self.temperature > 0:
             raise ConfigError(f"temperature must be > 0 when sampling, got {self.temperature!r}; use do_sample=False for greedy.")
-        if self.top_k < 0:
-            raise ConfigError(f"top_k must be >= 0 (0 turns it off), got {self.top_k}.")
+        if not isinstance(self.top_k, int) or isinstance(self.top_k, bool) or self.top_k < 0:
+            raise ConfigError(f"top_k must be an integer >= 0 (0 turns it off), got {self.top_k!r}.")
         if not 0 < self.top_p <= 1:
             raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}.")
 

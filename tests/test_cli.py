@@ -125,7 +125,7 @@ def test_validation_names_the_field_before_loading():
         ("benchmark.limit=1.5", r"^benchmark\.limit must be a whole number"),
         ("benchmark.temperature=0", r"^benchmark\.temperature must be > 0 when sampling"),
         ("benchmark.top_p=0", r"^benchmark\.top_p must be in \(0, 1\]"),
-        ("benchmark.top_k=-3", r"^benchmark\.top_k must be >= 0"),
+        ("benchmark.top_k=-3", r"^benchmark\.top_k must be an integer >= 0"),
         ("threads=0", r"^threads must be >= 1"),
         ("compare=[avergaing]", r"^compare has 'avergaing'"),
     ],

@@ -101,9 +101,19 @@ def tiny_ensemble(tiny_models):
         ({"max_new_tokens": 0}, "max_new_tokens must be an integer >= 1"),
         ({"max_new_tokens": 4, "temperature": 0.0}, "temperature must be > 0"),
         ({"max_new_tokens": 4, "top_p": 0.0}, r"top_p must be in \(0, 1\]"),
-        ({"max_new_tokens": 4, "top_k": -1}, "top_k must be >= 0"),
+        ({"max_new_tokens": 4, "top_k": -1}, "top_k must be an integer >= 0"),
+        ({"max_new_tokens": 4, "top_k": 2.5}, "top_k must be an integer >= 0"),
     ],
 )
 def test_bad_generation_options(tiny_ensemble, kwargs, message):
     with pytest.raises(mixens.ConfigError, match=message):
         tiny_ensemble.generate(["hi"], **kwargs)
+
+
+def test_huge_weights_are_normalised_without_overflow():
+    from mixens.spec import ModelSpec, normalized_weights
+
+    specs = [ModelSpec(name=n, path="x", weight=1e308) for n in ("a", "b")] + [ModelSpec(name="c", path="x", weight=0.0)]
+    assert normalized_weights(specs) == [0.5, 0.5, 0.0]
+    tiny = [ModelSpec(name="a", path="x", weight=1e-320), ModelSpec(name="b", path="x", weight=3e-320)]
+    assert normalized_weights(tiny) == pytest.approx([0.25, 0.75])
