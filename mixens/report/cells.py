@@ -212,12 +212,9 @@ def group_cells(runs: list[Run]) -> dict[CellKey, Cell]:
 
 def varying_settings(cells) -> list[str]:
     """The setting keys whose values differ between cells: what a table must name to tell cells apart."""
-    values: dict[str, set] = {}
-    keys = [dict(k.settings) for k in cells]
-    for settings in keys:
-        for name in set().union(*keys):
-            values.setdefault(name, set()).add(settings.get(name))
-    return sorted(name for name, seen in values.items() if len(seen) > 1 and not name.startswith("models."))
+    per_cell = [dict(key.settings) for key in cells]
+    names = {name for settings in per_cell for name in settings if not name.startswith("models.")}
+    return sorted(name for name in names if len({settings.get(name) for settings in per_cell}) > 1)
 
 
 def problem_scores(run: Run) -> dict[tuple[str, int], float] | None:
