@@ -103,8 +103,8 @@ def results_table(metrics: dict[str, dict[str, float]], speed: dict) -> str:
     lines = [f"{'task':<32} {'metric':<28} {'value':>8}", "-" * 70]
     for task, values in metrics.items():
         for metric, value in values.items():
-            if metric.endswith("_stderr") or "_stderr," in metric:
-                continue
+            if metric.endswith("_stderr") or "_stderr," in metric or metric.split(",")[0] == "sample_len":
+                continue  # lm-eval reports the sample count beside the scores; it is not one
             lines.append(f"{task:<32} {metric:<28} {value:>8.4f}")
     if speed.get("tokens_generated"):
         lines.append("-" * 70)

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from mixens.tracking import write_atomic
+from mixens.tracking import results_table, write_atomic
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o002])
@@ -20,3 +20,9 @@ def test_results_files_get_the_mode_of_any_other_new_file(tmp_path, umask):
     assert mode == (tmp_path / "plain.txt").stat().st_mode & 0o777 == 0o666 & ~umask
     assert (tmp_path / "results.json").read_text() == "{}\n"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary left behind
+
+
+def test_the_printed_table_shows_scores_not_sample_counts():
+    table = results_table({"gsm8k": {"exact_match,strict": 0.25, "exact_match_stderr,strict": 0.1, "sample_len": 8}}, {})
+    assert "exact_match,strict" in table and "0.2500" in table
+    assert "sample_len" not in table and "stderr" not in table
