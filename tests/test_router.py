@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 import os
 import subprocess
 import sys
@@ -208,3 +209,17 @@ def test_routers_run_through_the_cli_on_an_lm_eval_task(tiny_models, trained_rou
     for record in records:
         assert "exact_match,extract" in record["metrics"]["gsm8k_paper"]
         assert record["speed"]["tokens_generated"] > 0 and record["speed"]["member_runs_per_token"] >= 1.0
+
+
+def test_a_relative_router_path_works_with_a_data_mirror_set(tiny_models, trained_router, tmp_path):
+    """The README's learned-router example, run from the user's folder with relative paths."""
+    (tmp_path / "routers").mkdir()
+    shutil.copyfile(trained_router, tmp_path / "routers" / "pair.pt")
+    added = [f"+models.{n}={{name:{n},path:'{tiny_models[p]}',weight:1.0}}" for n, p in (("a", "bpe_a"), ("b", "bpe_b"))]
+    args = [sys.executable, "-m", "mixens", "models=[]", *added, "device=cpu", "ensemble=router_learned",
+            "ensemble.router_path=routers/pair.pt", "benchmark=gsm8k_paper", "benchmark.limit=1",
+            "benchmark.max_gen_toks=3", f"data.hub_mirror={HUB_FIXTURE}", "logger=none", f"hydra.run.dir={tmp_path}/run"]  # fmt: skip
+    done = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert record["config"]["ensemble"]["policy"] == "learned" and record["speed"]["tokens_generated"] > 0
