@@ -215,8 +215,10 @@ def test_the_command_summarises_a_paper_pool_beside_the_papers_numbers(tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     layout = done.stdout[done.stdout.index(f"### {qwen}+{math_}") :].split("\n\n")[1]
     rows = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in layout.splitlines()[2:]}
-    assert rows[f"{qwen} (single) [benchmark.temperature=1.0]"].endswith("(79.77)")  # the members alone, with the paper's
-    assert rows[f"{math_} (single) [benchmark.temperature=1.0]"].endswith("(79.39)")
+    assert rows[f"{qwen} (single k=5) [benchmark.temperature=1.0]"].endswith("(79.77)")  # members alone, with the paper's
+    assert rows[f"{math_} (single k=5) [benchmark.temperature=1.0]"].endswith("(79.39)")
+    assert list(rows)[:3] == [f"{qwen} (single k=5) [benchmark.temperature=1.0]",
+                              f"{math_} (single k=5) [benchmark.temperature=1.0]", "CE k=5 [benchmark.temperature=1.0]"]
     assert rows["CE k=5 [benchmark.temperature=1.0]"].startswith("83.00 ± ") and rows["CE k=5 [benchmark.temperature=1.0]"].endswith("(83.14)")
     assert rows["ME k=5 [benchmark.temperature=0.7]"] == "50.00"  # one run: no interval, no paper number
     assert rows["ME k=5 [benchmark.temperature=0.3]"] == "60.00"

@@ -220,11 +220,11 @@ def paper_layout(cells: dict[CellKey, Cell], paper: dict[tuple, dict]) -> dict[s
             continue
         suffix = f" [{settings_text(key, varying)}]" if varying else ""
         alone = [cells.get(single_key(key, member)) for member in key.pool]
-        entries = [(f"{c.key.pool[0]} (single){suffix}", c.key, c) for c in alone if c is not None]
+        entries = [(f"{c.key.pool[0]} ({c.key.label()}){suffix}", c.key, c) for c in alone if c is not None]
         entries.append((key.label() + suffix, key, cells[key]))
         for row, entry_key, cell in entries:
             long.append({"pool": pool_label(key.pool), "row": row, "task": PAPER_TASKS.get(key.task, key.task),
-                         "metric": key.metric, "order": sort_key(entry_key)[-1], "text": _entry(cell, paper)})  # fmt: skip
+                         "metric": key.metric, "order": _layout_order(entry_key), "text": _entry(cell, paper)})  # fmt: skip
     if not long:
         return {}
     frame = pd.DataFrame(long).drop_duplicates(["pool", "row", "task", "metric"])
@@ -236,6 +236,11 @@ def paper_layout(cells: dict[CellKey, Cell], paper: dict[tuple, dict]) -> dict[s
         columns = [t for t in PAPER_TASKS.values() if t in table.columns] + [t for t in table.columns if t not in PAPER_TASKS.values()]
         tables[pool] = table.reindex(index=order, columns=columns).fillna("-")
     return tables
+
+
+def _layout_order(key: CellKey) -> tuple:
+    """The paper's row order: members alone, then CE and ME at each top-k."""
+    return (len(key.pool) > 1, key.top_k or 0, sort_key(key)[-1])
 
 
 def _entry(cell: Cell, paper: dict[tuple, dict]) -> str:
