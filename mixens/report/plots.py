@@ -77,19 +77,24 @@ def difference_series(paired: list[Paired]) -> list[tuple[str, float, float, flo
     ]  # fmt: skip
 
 
+def _one_row_per_label(labels: list[str]):
+    """A figure with one horizontal row per label, top to bottom: (fig, ax, the rows' y values)."""
+    fig, ax = _pyplot().subplots(figsize=(8, 1.2 + 0.4 * len(labels)))
+    ys = list(range(len(labels)))[::-1]
+    ax.set_yticks(ys, labels, fontsize=8)
+    return fig, ax, ys
+
+
 def differences_figure(paired: list[Paired]):
     series = difference_series(paired)
     if not series:
         return None
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.4 * len(series)))
-    ys = list(range(len(series)))[::-1]
+    fig, ax, ys = _one_row_per_label([s[0] for s in series])
     margin = series[0][4]
     ax.axvspan(-margin, margin, color="tab:green", alpha=0.12, label=f"equivalence margin ±{margin:g} pt")
     ax.axvline(0, color="black", linewidth=0.8)
     for y, (_, diff, low, high, _) in zip(ys, series):
         ax.errorbar(diff, y, xerr=[[diff - low], [high - diff]], fmt="o", color="tab:blue", capsize=3)
-    ax.set_yticks(ys, [s[0] for s in series], fontsize=8)
     ax.set_xlabel(f"ME − CE (accuracy points) with its 95% interval; shaded: the equivalence margin ±{margin:g}")
     _fit_x(ax, [s[2] for s in series] + [-margin], [s[3] for s in series] + [margin], 0.0)
     return fig
@@ -157,14 +162,11 @@ def speedup_figure(paired: list[Paired]):
     series = speedup_series(paired)
     if not series:
         return None
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.4 * len(series)))
-    ys = list(range(len(series)))[::-1]
+    fig, ax, ys = _one_row_per_label([s[0] for s in series])
     ax.barh(ys, [s[1] for s in series], color="tab:orange", height=0.6)
     ax.axvline(1.0, color="black", linewidth=0.8)
     for y, (_, ratio) in zip(ys, series):
         ax.text(ratio, y, f" {ratio:.2f}x", va="center", fontsize=8)
-    ax.set_yticks(ys, [s[0] for s in series], fontsize=8)
     ax.set_xlabel("ME tokens/s ÷ CE tokens/s (same sweep, mean over paired seeds)")
     ax.set_xlim(0, max(s[1] for s in series) * 1.2)
     return fig
