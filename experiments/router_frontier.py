@@ -18,6 +18,7 @@ Only the first 200 characters of each answer are scored by default (--answer-cha
 default run (16 problems, 32 calibration problems) to about 13 minutes on a 2-core CPU.
 Writes frontier.csv, frontier.md, frontier.png and router.pt (with router.json) under --out.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,7 +55,13 @@ def configurations(names: list[str]) -> list[tuple[str, str, tuple[float, float]
     configs.append(("averaging", "w=0.5", (0.5, 0.5), "averaging", {}))
     configs.append(("router random", "w=0.5", (0.5, 0.5), "router", {"policy": "random"}))
     configs += [
-        ("router confidence", f"t={t}", (0.5, 0.5), "router", {"policy": "confidence", "threshold": t, "handover": second})
+        (
+            "router confidence",
+            f"t={t}",
+            (0.5, 0.5),
+            "router",
+            {"policy": "confidence", "threshold": t, "handover": second},
+        )
         for t in CONFIDENCE_THRESHOLDS
     ]
     configs += [
@@ -100,7 +107,9 @@ def run(args) -> list[dict]:
     prompts, references = [p for p, _ in test], [r[: args.answer_chars or None] for _, r in test]
 
     started = time.perf_counter()
-    calibration = [(p, r[: args.answer_chars or None]) for p, r in gsm8k_pairs(args.hub_mirror, "train", args.calibration)]
+    calibration = [
+        (p, r[: args.answer_chars or None]) for p, r in gsm8k_pairs(args.hub_mirror, "train", args.calibration)
+    ]
     router = train_router(base, calibration, designated=0,
                           batch_size=args.batch_size, seed=args.seed)  # fmt: skip
     router.info["seconds"] = time.perf_counter() - started
@@ -194,7 +203,9 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--model", action="append", help="NAME=PATH, twice: designated member first")
     parser.add_argument("--problems", type=int, default=16, help="GSM8K test problems scored")
     parser.add_argument("--calibration", type=int, default=32, help="GSM8K train problems for the learned router")
-    parser.add_argument("--answer-chars", type=int, default=200, help="score the first characters of each answer (0: all)")
+    parser.add_argument(
+        "--answer-chars", type=int, default=200, help="score the first characters of each answer (0: all)"
+    )
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)

@@ -1,4 +1,5 @@
 """mixens: token-level ensembles of language models (mixture, averaging, routers)."""
+
 from mixens.decoding import GenerationStats
 from mixens.ensemble import Ensemble, GenerationResult, load_ensemble
 from mixens.spec import ConfigError, ModelSpec

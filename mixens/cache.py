@@ -6,6 +6,7 @@ missing token of every row in one forward pass (lazy sync). Chunks are right-ali
 of every row is its newest token; positions come from counting live slots, so holes left by padding or
 crops never shift a position. When holes pile up the cache is compacted.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

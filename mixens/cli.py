@@ -1,4 +1,5 @@
 """The Hydra app behind `python -m mixens`: validate, load tasks, load models, evaluate, write results."""
+
 from __future__ import annotations
 
 import contextlib
@@ -131,7 +132,9 @@ def record_run(cfg: DictConfig, out_dir: Path, evaluations: list, seconds: float
     }
     if cfg.compare:
         tasks = list(cfg.benchmark.tasks)
-        record["comparison"] = comparison_rows([(l, r, m.speed_stats.as_dict()) for l, r, m in evaluations], tasks)
+        record["comparison"] = comparison_rows(
+            [(label, r, m.speed_stats.as_dict()) for label, r, m in evaluations], tasks
+        )
     record["path"] = str(write_results(out_dir, record))
     return record
 

@@ -6,6 +6,7 @@ interval over the problems, generated tokens per second overall and while decodi
 prompts are read), each with its speed-up over averaging (the exact conventional ensemble), and
 member forward passes per generated token.
 """
+
 from __future__ import annotations
 
 import math

@@ -4,6 +4,7 @@ conf/ holds the values; this module says what a value may be (a model entry is c
 mixens.spec.ModelSpec). `validate_run` checks everything that
 needs no model weights and no dataset, so a mistake is reported in a second.
 """
+
 from __future__ import annotations
 
 import hashlib

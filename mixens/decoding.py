@@ -1,4 +1,5 @@
 """The batched generation loop: route, bring the chosen members up to date, combine, pick, repeat."""
+
 from __future__ import annotations
 
 import time
@@ -34,7 +35,7 @@ class GenerationStats:
     prefill_steps: int = 0
     members: dict[str, FeedStats] = field(default_factory=dict)
 
-    def add(self, other: "GenerationStats") -> None:
+    def add(self, other: GenerationStats) -> None:
         self.sequences += other.sequences
         self.steps += other.steps
         self.tokens_generated += other.tokens_generated

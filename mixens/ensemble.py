@@ -1,4 +1,5 @@
 """The public entry point: load members once, then generate with any strategy."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -31,7 +32,7 @@ class Ensemble:
         self.batch_size = batch_size
         self.vocab = vocab or build_alignment([m.tokenizer for m in members], [set(m.eos_ids) for m in members])
 
-    def with_strategy(self, strategy: str, **options) -> "Ensemble":
+    def with_strategy(self, strategy: str, **options) -> Ensemble:
         """The same loaded members and vocabulary alignment under another strategy (nothing is reloaded)."""
         try:
             chosen = make_strategy(strategy, len(self.members), **options)

@@ -28,6 +28,7 @@ to 8; a --device this machine lacks falls back to 'auto', as lm-eval's own HF mo
 
 Likelihood is scored by mixens.likelihood (see there for how each vocabulary case is defined).
 """
+
 from __future__ import annotations
 
 import json
@@ -127,11 +128,11 @@ class EnsembleLM(LM):
     # ------------------------------------------------------------------ construction from lm-eval
 
     @classmethod
-    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> "EnsembleLM":
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> EnsembleLM:
         return cls.create_from_arg_obj(simple_parse_args_string(arg_string), additional_config)
 
     @classmethod
-    def create_from_arg_obj(cls, arg_dict: dict, additional_config: dict | None = None) -> "EnsembleLM":
+    def create_from_arg_obj(cls, arg_dict: dict, additional_config: dict | None = None) -> EnsembleLM:
         args = dict(arg_dict)
         allowed = sorted(_ALLOWED_ARGS)
         unknown = sorted(set(args) - _ALLOWED_ARGS)

@@ -21,6 +21,7 @@ Members asking for a chat template score the context as they generate from it: w
 Requests that share a context (multiple choice) cost one forward of that context per member: each batch runs
 the distinct contexts once, then the continuations of every request on copies of the contexts' KV cache.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -36,16 +37,19 @@ from mixens.spec import ConfigError
 
 
 def mixture_scores(
-    members: Sequence[Member], shared_vocabulary: bool, pieces: list[list[list[tuple[list[int], list[int]]]]],
-    batch_size: int, desc: str = "mixens likelihood", disable_tqdm: bool = False,
+    members: Sequence[Member],
+    shared_vocabulary: bool,
+    pieces: list[list[list[tuple[list[int], list[int]]]]],
+    batch_size: int,
+    desc: str = "mixens likelihood",
+    disable_tqdm: bool = False,
 ) -> list[tuple[float, bool]]:
     """(log-likelihood, is_greedy) of each request from its pieces: pieces[member][request] = [(context, tokens)],
     a request's pieces being its rolling windows or its one (context, continuation) pair."""
     active = [i for i, m in enumerate(members) if m.weight > 0]
     n_requests = len(pieces[0])
     token_level = [
-        shared_vocabulary
-        and all([c for _, c in pieces[i][r]] == [c for _, c in pieces[active[0]][r]] for i in active)
+        shared_vocabulary and all([c for _, c in pieces[i][r]] == [c for _, c in pieces[active[0]][r]] for i in active)
         for r in range(n_requests)
     ]
     # Jobs: (member index or None for all, [(request, Piece)]): one job for the token-level requests, one

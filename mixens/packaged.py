@@ -4,6 +4,7 @@ A member path 'packaged:<name>' names one of them. The first use dequantises the
 saves safetensors, config, generation config and tokenizer in the mixens cache; later uses load that folder
 with the ordinary from_pretrained, which is fast and needs neither the GGUF reader nor the network.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -51,7 +52,7 @@ class PackagedModel:
     gguf_file: str
     gguf_sha256: str
     # Given the cache folder, returns the GGUF path, with its sha256 checked.
-    locate: Callable[["PackagedModel", Path], Path]
+    locate: Callable[[PackagedModel, Path], Path]
     # Tokens that end a generation, the model's own end-of-text first.
     eos_tokens: tuple[str, ...]
 
@@ -157,7 +158,7 @@ def packaged_name(path: str) -> str:
     """The name after 'packaged:'; whether it is known is for the caller (or materialize) to check."""
     if not is_packaged(path):
         raise ValueError(f"'{path}' does not start with '{PACKAGED_PREFIX}'.")
-    return path[len(PACKAGED_PREFIX):].strip()
+    return path[len(PACKAGED_PREFIX) :].strip()
 
 
 def model_info(name: str) -> PackagedModel:

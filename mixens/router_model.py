@@ -6,6 +6,7 @@ probability and the entropy of its next-token distribution. The classifier is a 
 ensemble's members in order. It is trained by `python -m mixens.train_router` and stored as one
 torch file holding only tensors and plain values (loaded with weights_only=True).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

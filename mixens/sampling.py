@@ -1,4 +1,5 @@
 """Per-distribution sampling transforms F: temperature, top-k, top-p (in that order, as transformers does)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

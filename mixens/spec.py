@@ -2,6 +2,7 @@
 
 Everything here runs before any weights are loaded, so a typo costs a second, not a model load.
 """
+
 from __future__ import annotations
 
 import math
@@ -35,7 +36,7 @@ class ModelSpec:
     trust_remote_code: bool = False
 
     @classmethod
-    def from_mapping(cls, raw: Mapping, index: int) -> "ModelSpec":
+    def from_mapping(cls, raw: Mapping, index: int) -> ModelSpec:
         where = f"models[{index}]"
         if isinstance(raw, ModelSpec):
             return raw
@@ -116,7 +117,9 @@ def validate_path(spec: ModelSpec, index: int) -> None:
     if path.startswith((".", "/", "~")) or path.count("/") > 1:
         raise ConfigError(f"{where} '{path}' does not exist; give an existing model folder.")
     if not _HUB_ID.match(path):
-        raise ConfigError(f"{where} '{path}' is neither an existing folder nor a hub id like 'org/model'; fix the path.")
+        raise ConfigError(
+            f"{where} '{path}' is neither an existing folder nor a hub id like 'org/model'; fix the path."
+        )
     if os.environ.get("HF_HUB_OFFLINE") == "1" and not _in_hub_cache(path, spec.revision):
         raise ConfigError(
             f"{where} '{path}' is not in the local Hugging Face cache and HF_HUB_OFFLINE=1; "
@@ -146,7 +149,9 @@ class GenerationOptions:
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
             raise ConfigError(f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}.")
         if self.do_sample and not self.temperature > 0:
-            raise ConfigError(f"temperature must be > 0 when sampling, got {self.temperature!r}; use do_sample=False for greedy.")
+            raise ConfigError(
+                f"temperature must be > 0 when sampling, got {self.temperature!r}; use do_sample=False for greedy."
+            )
         if not isinstance(self.top_k, int) or isinstance(self.top_k, bool) or self.top_k < 0:
             raise ConfigError(f"top_k must be an integer >= 0 (0 turns it off), got {self.top_k!r}.")
         if not 0 < self.top_p <= 1:

@@ -9,6 +9,7 @@ summary) and an equivalence test against ±margin (mixens.report.stats). Writes 
 paper's layout per pool, then every cell and every comparison), tables.tex, cells.csv,
 me_vs_ce.csv and the figures.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,7 +53,10 @@ def fmt(value, digits: int = 2, sign: bool = False) -> str:
 
 
 def markdown(layouts: dict, rows: list[dict], paired: list[dict], paper_rows: int, margin: float) -> str:
-    out = ["## The paper's layout: ours (mean ± 95% half-interval over seeds, %) and the paper's number in parentheses", ""]
+    out = [
+        "## The paper's layout: ours (mean ± 95% half-interval over seeds, %) and the paper's number in parentheses",
+        "",
+    ]
     if not layouts:
         out.append("No equal-weight ensemble in these runs.")
     for pool, table in layouts.items():
@@ -61,7 +65,9 @@ def markdown(layouts: dict, rows: list[dict], paired: list[dict], paper_rows: in
         out.append("No published numbers were read (experiments/paper_results.csv is missing or empty).")
     out += ["", f"## ME minus CE (points), paired; equivalence margin ±{100 * margin:g}", ""]
     if paired:
-        out.append("| pool | top-k | weights | settings | task | vs | seeds | unit (n) | ME − CE [95% CI] | p (difference) | q (FDR) | p (equivalence) | verdict | speed-up |")
+        out.append(
+            "| pool | top-k | weights | settings | task | vs | seeds | unit (n) | ME − CE [95% CI] | p (difference) | q (FDR) | p (equivalence) | verdict | speed-up |"
+        )
         out.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for r in paired:
             out.append(
@@ -73,7 +79,9 @@ def markdown(layouts: dict, rows: list[dict], paired: list[dict], paper_rows: in
     else:
         out.append("No cell has both ME and CE runs.")
     out += ["", "## Every cell (%, mean over seeds with its 95% interval)", ""]
-    out.append("| pool | strategy | top-k | weights | settings | task | metric | seeds | mean [95% CI] | gain vs best single | tokens/s | paper |")
+    out.append(
+        "| pool | strategy | top-k | weights | settings | task | metric | seeds | mean [95% CI] | gain vs best single | tokens/s | paper |"
+    )
     out.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         gain = ""
@@ -105,8 +113,11 @@ def summarize(paths, out_dir: Path, paper_csv: Path | None = PAPER_RESULTS, plot
     text = markdown(layouts, rows, paired, len(paper), margin)
     (out_dir / "summary.md").write_text(text)
     latex = "\n".join(
-        table.to_latex(caption=f"{pool}: ours (mean $\\pm$ 95\\% half-interval, \\%) and the paper's (in parentheses)",
-                       label=f"tab:{pool}", escape=True)  # fmt: skip
+        table.to_latex(
+            caption=f"{pool}: ours (mean $\\pm$ 95\\% half-interval, \\%) and the paper's (in parentheses)",
+            label=f"tab:{pool}",
+            escape=True,
+        )  # fmt: skip
         for pool, table in layouts.items()
     )
     (out_dir / "tables.tex").write_text(latex)

@@ -11,6 +11,7 @@ equals the reference; its expectation over the routing draw is the same for mixt
 as the theory says. The second is the next-token accuracy of the greedy decoder, which differs
 between strategies (argmax of the average vs. argmax of the member drawn).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence

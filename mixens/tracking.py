@@ -2,6 +2,7 @@
 
 Every file is written to a temporary name and renamed, so a crash never leaves a half-written file.
 """
+
 from __future__ import annotations
 
 import json

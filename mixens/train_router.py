@@ -6,6 +6,7 @@ of the designated member (last hidden state, top probability, entropy) and, as t
 that gives the reference's next token the higher probability (ties go to the designated member, the
 cheap choice). A held-out share of the documents measures how often the classifier picks that member.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,7 +42,9 @@ class _AllMembersWithFeatures(Averaging):
 def gsm8k_pairs(hub_mirror: str | Path, split: str = "train", limit: int | None = None) -> list[tuple[str, str]]:
     """(prompt, reference) pairs from a hub mirror's openai/gsm8k main split: the question, then the worked answer."""
     if not hub_mirror:
-        raise ConfigError("no hub mirror given; pass --hub-mirror PATH (or set MIXENS_HUB_MIRROR) to a folder laid out like the hub.")
+        raise ConfigError(
+            "no hub mirror given; pass --hub-mirror PATH (or set MIXENS_HUB_MIRROR) to a folder laid out like the hub."
+        )
     path = Path(hub_mirror) / "openai" / "gsm8k" / "main" / f"{split}.jsonl"
     if not path.is_file():
         raise ConfigError(f"no GSM8K {split} split at {path}; point --hub-mirror at a folder laid out like the hub.")
@@ -81,9 +84,7 @@ def collect_steps(
     def observe(outputs, rows, targets):
         index, target = torch.tensor(rows), torch.tensor(targets)
         feats = step_features(outputs.hidden(designated).cpu()[index], outputs.raw(designated).cpu()[index])
-        probs = torch.stack(
-            [outputs.raw(i).cpu()[index, target].double() for i in range(len(ensemble.members))], dim=1
-        )
+        probs = torch.stack([outputs.raw(i).cpu()[index, target].double() for i in range(len(ensemble.members))], dim=1)
         best = probs.argmax(dim=1)
         best[probs[:, designated] >= probs.max(dim=1).values] = designated  # ties: the member already running
         features.append(feats)

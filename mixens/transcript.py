@@ -5,6 +5,7 @@ generated text as bytes, and a member's view is its own canonical tokenisation o
 text): when the text grows, the member re-tokenises, keeps the longest prefix its cache already holds and
 recomputes the rest, so it never conditions on ids its tokenizer would not produce for that text.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence

@@ -6,6 +6,7 @@ token is reduced to its surface text as raw bytes (byte-level BPE symbols decode
 union of those byte strings. End-of-sequence tokens of every member share one union entry; other special
 tokens have no surface text and are never sampled in the union.
 """
+
 from __future__ import annotations
 
 import json

@@ -5,6 +5,7 @@ Offline by default (`logger.mode=offline`, or WANDB_MODE): the run is written un
 one process, and wandb hands back the previous run to a second `init` unless it was finished, so every run
 is finished when its job ends, also when the job fails.
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -1,5 +1,6 @@
 """Offline test set-up and tiny models: two sharing a byte-level BPE tokenizer, one with a
 SentencePiece-style tokenizer (metaspace, byte fallback, BOS), all built here from random weights."""
+
 from __future__ import annotations
 
 import atexit

@@ -1,4 +1,5 @@
 """The speed study end to end at a tiny size: files written, figures consistent. No timing is asserted."""
+
 from __future__ import annotations
 
 import json

@@ -2,6 +2,7 @@
 
 Every benchmark's rows come from the repository's own fixture (tests/data/hub).
 """
+
 from __future__ import annotations
 
 import json

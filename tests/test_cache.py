@@ -1,4 +1,5 @@
 """Lazy sync: a catch-up prefill of k tokens gives the logits step-by-step decoding gives."""
+
 from __future__ import annotations
 
 import pytest
@@ -70,7 +71,7 @@ def test_per_row_crops_and_compaction_keep_logits_exact(model_and_prompts):
     cache.advance(targets, [True] * rows)
     g = torch.Generator().manual_seed(0)
     compactions = 0
-    for step in range(40):
+    for _step in range(40):
         for b in range(rows):
             drop = int(torch.randint(0, 4, (1,), generator=g))
             if drop and len(targets[b]) - drop > len(prompts[b]):

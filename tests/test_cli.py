@@ -1,4 +1,5 @@
 """The Hydra app: composition, validation before loading, and real runs of `python -m mixens`."""
+
 from __future__ import annotations
 
 import json
@@ -9,9 +10,9 @@ from pathlib import Path
 
 import pytest
 from conftest import HUB_FIXTURE, REPO
-from wandb_records import offline_run
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
+from wandb_records import offline_run
 
 from mixens.cli import CONF_DIR
 from mixens.config import validate_run

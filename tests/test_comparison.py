@@ -1,4 +1,5 @@
 """The comparison of strategies on one set of loaded members: what runs, its intervals, its table."""
+
 from __future__ import annotations
 
 import math
@@ -53,7 +54,10 @@ def test_right_or_wrong_scores_get_wilsons_interval():
     assert mean == pytest.approx(0.3)
     # Wilson score interval for 3/10 at 95%, by its formula.
     z, n, p = 1.959963984540054, 10, 0.3
-    centre, half = (p + z * z / (2 * n)) / (1 + z * z / n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    centre, half = (
+        (p + z * z / (2 * n)) / (1 + z * z / n),
+        z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n),
+    )
     assert (low, high) == pytest.approx((centre - half, centre + half), abs=1e-9)
     assert interval([0.0] * 8)[1:] == pytest.approx((0.0, 0.3244), abs=1e-4)  # never below 0, not empty
 
@@ -67,7 +71,10 @@ def test_other_scores_get_a_t_interval():
 def _results(task: str, scores: list[float]) -> dict:
     samples = [{"doc_id": i, "filter": "none", "exact_match": s} for i, s in enumerate(scores)]
     samples += [{"doc_id": i, "filter": "other", "exact_match": 0.0} for i in range(len(scores))]
-    return {"results": {task: {"alias": task, "exact_match,none": sum(scores) / len(scores)}}, "samples": {task: samples}}
+    return {
+        "results": {task: {"alias": task, "exact_match,none": sum(scores) / len(scores)}},
+        "samples": {task: samples},
+    }
 
 
 def _speed(tokens: int, seconds: float, prefill: float, runs: float) -> dict:

@@ -1,4 +1,5 @@
 """The token draw (inverse of the cumulative sum) samples the distribution it is given."""
+
 from __future__ import annotations
 
 import torch
@@ -23,4 +24,3 @@ def test_each_row_draws_from_its_own_distribution():
     dist[2, 0] = 0.0
     picks = draw(dist, torch.Generator().manual_seed(1))
     assert picks[0] == 7 and picks[1] == 49_999 and 0 < picks[2] < 50_000
-

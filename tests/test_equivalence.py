@@ -1,4 +1,5 @@
 """mixture samples from exactly the distribution averaging samples from (two-sample chi-square tests)."""
+
 from __future__ import annotations
 
 from collections import Counter

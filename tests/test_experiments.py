@@ -1,4 +1,5 @@
 """The presets in conf/experiment/: each composes, and its sweep expands to the table's jobs (no model runs)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,13 +23,26 @@ SMALL = ["smollm2-135m-instruct", "gemma-3-270m"]
 EXPECTED = {
     "paper_qwen": (80, QWEN, {"averaging_topk_union", "mixture"}, PAPER_TASKS, {5, 10}, {1, 2, 3, 4, 5}),
     "paper_qwen_single": (80, QWEN, {"single"}, PAPER_TASKS, {5, 10}, {1, 2, 3, 4, 5}),
-    "paper_mistral_pair": (80, MISTRALS[:2], {"averaging_topk_union", "mixture"}, PAPER_TASKS, {5, 10}, {1, 2, 3, 4, 5}),
+    "paper_mistral_pair": (
+        80,
+        MISTRALS[:2],
+        {"averaging_topk_union", "mixture"},
+        PAPER_TASKS,
+        {5, 10},
+        {1, 2, 3, 4, 5},
+    ),
     "paper_mistral_trio": (80, MISTRALS, {"averaging_topk_union", "mixture"}, PAPER_TASKS, {5, 10}, {1, 2, 3, 4, 5}),
     "paper_mistral_single": (120, MISTRALS, {"single"}, PAPER_TASKS, {5, 10}, {1, 2, 3, 4, 5}),
     "paper_hetero": (80, HETERO, {"averaging_topk_union", "mixture"}, PAPER_TASKS, {5, 10}, {1, 2, 3, 4, 5}),
     "paper_hetero_single": (120, HETERO, {"single"}, PAPER_TASKS, {5, 10}, {1, 2, 3, 4, 5}),
-    "paper_lambda": (30, ["llama-3.2-1b-instruct", "llama-3.1-8b-instruct"], {"averaging_topk_union", "mixture"},
-                     {"gsm8k_paper"}, {10}, {1, 2, 3}),
+    "paper_lambda": (
+        30,
+        ["llama-3.2-1b-instruct", "llama-3.1-8b-instruct"],
+        {"averaging_topk_union", "mixture"},
+        {"gsm8k_paper"},
+        {10},
+        {1, 2, 3},
+    ),
     "paper_small": (4, SMALL, {"averaging_topk_union", "mixture"}, {"gsm8k_paper"}, {5}, {1, 2}),
     "paper_small_single": (4, SMALL, {"single"}, {"gsm8k_paper"}, {5}, {1, 2}),
 }

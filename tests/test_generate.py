@@ -1,4 +1,5 @@
 """Generation end to end on tiny models: parity with transformers, copies, seeds, stop strings, statistics."""
+
 from __future__ import annotations
 
 import pytest

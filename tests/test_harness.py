@@ -8,6 +8,7 @@ from itself at another batch size by up to 7.6e-6; in float32 the bound is there
 epsilons of the value where that is larger" (rel=5e-7). A tokenisation or position bug moves a value by whole
 units, so both checks bite; the token ids themselves are compared exactly.
 """
+
 from __future__ import annotations
 
 import json
@@ -172,7 +173,9 @@ def test_sampling_kwargs_reach_the_decoder(singles):
     lm = singles("bpe_a")
 
     def generate(**kwargs):
-        requests = [Instance("generate_until", {}, (p, {"max_new_tokens": 10, **kwargs}), i) for i, p in enumerate(PROMPTS)]
+        requests = [
+            Instance("generate_until", {}, (p, {"max_new_tokens": 10, **kwargs}), i) for i, p in enumerate(PROMPTS)
+        ]
         return lm.generate_until(requests, disable_tqdm=True)
 
     greedy = generate(do_sample=False)

@@ -4,6 +4,7 @@ folders against the GGUF files they came from.
 The slow tests convert into $MIXENS_CACHE (set by conftest to a folder kept between runs), so a fresh
 clone pays the conversion once; each slow module run still loads each GGUF once as the reference.
 """
+
 from __future__ import annotations
 
 import dataclasses

@@ -29,12 +29,12 @@ from mixens.tasks.paper import (  # noqa: E402
 )
 
 
-
 def _offline_in(folder: Path, monkeypatch) -> None:
     """Run lm-eval from a hub-shaped folder: its dataset ids resolve to the folders there."""
     monkeypatch.chdir(folder)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+
 
 MMLU_DOC = {
     "question": "What is the capital of France?",
@@ -61,8 +61,7 @@ ARC_FIVE_DOC = {
     "answerKey": "D",
 }
 BBH_OPTION_DOC = {
-    "input": "Which sentence has the correct adjective order:\nOptions:\n(A) big old red car\n"
-    "(B) red old big car",
+    "input": "Which sentence has the correct adjective order:\nOptions:\n(A) big old red car\n(B) red old big car",
     "target": "(A)",
 }
 
@@ -265,8 +264,7 @@ def test_lm_eval_scores_canned_generations(task_manager, monkeypatch):
             inst.resps = [right] if inst.doc_id == 0 else ["I am not sure. \\boxed{??}"]
         task.apply_filters()
         scores = [
-            task.process_results(inst.doc, [inst.filtered_resps["extract"]])["exact_match"]
-            for inst in task.instances
+            task.process_results(inst.doc, [inst.filtered_resps["extract"]])["exact_match"] for inst in task.instances
         ]
         assert scores == [1.0, 0.0], (name, gold, [i.filtered_resps for i in task.instances])
 
@@ -298,9 +296,7 @@ def tiny_llama(tmp_path_factory):
         show_progress=False,
     )
     tok.train_from_iterator(corpus, trainer)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
-    )
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
     torch.manual_seed(0)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
@@ -363,13 +359,9 @@ def test_end_to_end_offline_tasks(tiny_llama, task_manager, tmp_path, monkeypatc
     extra.mkdir()
     _, tail = (TASKS_DIR / "mmlu_paper.yaml").read_text().split("aggregate_metric_list:")
     members = "".join(f"  - {s}\n" for s in subjects)
-    (extra / "mini.yaml").write_text(
-        f"group: mmlu_paper_mini\ntask:\n{members}aggregate_metric_list:{tail}"
-    )
+    (extra / "mini.yaml").write_text(f"group: mmlu_paper_mini\ntask:\n{members}aggregate_metric_list:{tail}")
     manager = TaskManager(include_path=[str(TASKS_DIR), str(extra)], include_defaults=False)
-    results = _evaluate(
-        tiny_llama, manager, ["gsm8k_paper", "mmlu_paper_mini", "bbh_paper_boolean_expressions"]
-    )
+    results = _evaluate(tiny_llama, manager, ["gsm8k_paper", "mmlu_paper_mini", "bbh_paper_boolean_expressions"])
     print({name: m.get("exact_match,extract") for name, m in results["results"].items()})
 
     doc_to_text = {

@@ -1,5 +1,6 @@
 """The real packaged pair, SmolLM2-135M-Instruct (byte-level BPE, 49k) + Gemma-3-270M (SentencePiece
 style, 262k): different tokenizers, real weights, under mixture and averaging."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,5 @@
 """Every summary figure from a fixture sweep: fitted axes, interval artists present, no colliding labels."""
+
 from __future__ import annotations
 
 import itertools
@@ -12,8 +13,8 @@ from mixens.report.cells import group_cells, load_runs
 from mixens.report.plots import (
     accuracy_figure,
     accuracy_series,
-    differences_figure,
     difference_series,
+    differences_figure,
     lambda_figure,
     speedup_figure,
 )

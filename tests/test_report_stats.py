@@ -1,4 +1,5 @@
 """The summary's statistics on synthetic sweeps whose truth is known (fixed seeds)."""
+
 from __future__ import annotations
 
 import numpy as np

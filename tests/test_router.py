@@ -1,11 +1,12 @@
 """Token routers: random is the mixture, the cascade's limits, per-row decisions in batches, the learned
 router (training, saving, loading), validation, and runs through `python -m mixens`."""
+
 from __future__ import annotations
 
 import copy
 import json
-import shutil
 import os
+import shutil
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -59,7 +60,9 @@ def test_random_router_equals_mixture_for_the_same_seed(pairs, vocab, draw):
     ensemble = pairs[vocab]
     mixture = with_strategy(ensemble, "mixture", draw=draw).generate(PROMPTS, **SAMPLED)
     random = with_strategy(ensemble, "router", policy="random", draw=draw).generate(PROMPTS, **SAMPLED)
-    other_seed = with_strategy(ensemble, "router", policy="random", draw=draw).generate(PROMPTS, **{**SAMPLED, "seed": 6})
+    other_seed = with_strategy(ensemble, "router", policy="random", draw=draw).generate(
+        PROMPTS, **{**SAMPLED, "seed": 6}
+    )
     assert random.texts == mixture.texts
     assert random.stats.as_dict()["members"] == mixture.stats.as_dict()["members"]
     assert other_seed.texts != random.texts
@@ -154,7 +157,9 @@ def test_learned_router_runs_reads_hidden_states_and_keeps_its_decisions(pairs, 
     assert reloaded.generate(PROMPTS, **GREEDY).texts == first.texts
     never = with_strategy(ensemble, "router", policy="learned", router_path=str(trained_router), threshold=0.0)
     always = with_strategy(ensemble, "router", policy="learned", router_path=str(trained_router), threshold=1.0)
-    assert never.generate(PROMPTS, **GREEDY).texts == with_strategy(ensemble, "single").generate(PROMPTS, **GREEDY).texts
+    assert (
+        never.generate(PROMPTS, **GREEDY).texts == with_strategy(ensemble, "single").generate(PROMPTS, **GREEDY).texts
+    )
     assert always.generate(PROMPTS, **GREEDY).stats.as_dict()["member_runs_per_token"] == 2.0
 
 
@@ -197,7 +202,9 @@ def test_bad_router_settings_are_one_clear_error_before_loading(tiny_models, opt
 
 
 def test_routers_run_through_the_cli_on_an_lm_eval_task(tiny_models, trained_router, tmp_path):
-    added = [f"+models.{n}={{name:{n},path:'{tiny_models[p]}',weight:1.0}}" for n, p in (("a", "bpe_a"), ("b", "bpe_b"))]
+    added = [
+        f"+models.{n}={{name:{n},path:'{tiny_models[p]}',weight:1.0}}" for n, p in (("a", "bpe_a"), ("b", "bpe_b"))
+    ]
     args = [sys.executable, "-m", "mixens", "-m", "models=[]", *added, "device=cpu", "batch_size=2"]
     args += ["ensemble=router", "ensemble.policy=random,confidence,learned", f"ensemble.router_path={trained_router}"]
     args += ["benchmark=gsm8k_paper", "benchmark.limit=2", "benchmark.max_gen_toks=6", f"hydra.sweep.dir={tmp_path}"]
@@ -215,7 +222,9 @@ def test_a_relative_router_path_works_with_a_data_mirror_set(tiny_models, traine
     """The README's learned-router example, run from the user's folder with relative paths."""
     (tmp_path / "routers").mkdir()
     shutil.copyfile(trained_router, tmp_path / "routers" / "pair.pt")
-    added = [f"+models.{n}={{name:{n},path:'{tiny_models[p]}',weight:1.0}}" for n, p in (("a", "bpe_a"), ("b", "bpe_b"))]
+    added = [
+        f"+models.{n}={{name:{n},path:'{tiny_models[p]}',weight:1.0}}" for n, p in (("a", "bpe_a"), ("b", "bpe_b"))
+    ]
     args = [sys.executable, "-m", "mixens", "models=[]", *added, "device=cpu", "ensemble=router_learned",
             "ensemble.router_path=routers/pair.pt", "benchmark=gsm8k_paper", "benchmark.limit=1",
             "benchmark.max_gen_toks=3", f"data.hub_mirror={HUB_FIXTURE}", "logger=none", f"hydra.run.dir={tmp_path}/run"]  # fmt: skip

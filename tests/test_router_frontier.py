@@ -1,11 +1,11 @@
 """The frontier experiment end to end on the tiny pair: its table, its plot and the learned router it trains."""
+
 from __future__ import annotations
 
 import csv
 import subprocess
 import sys
 
-import pytest
 from conftest import HUB_FIXTURE, REPO
 
 
@@ -21,7 +21,9 @@ def test_frontier_experiment_writes_its_table_and_plot(tiny_models, tmp_path):
     cost = {(r["family"], r["config"]): float(r["member_runs_per_token"]) for r in rows}
     assert cost[("single", "a")] == cost[("mixture", "w=0.5")] == 1.0 and cost[("averaging", "w=0.5")] == 2.0
     confidence = [cost[k] for k in sorted(k for k in cost if k[0] == "router confidence")]
-    assert confidence == sorted(confidence) and 1.0 <= confidence[0] and confidence[-1] <= 2.0  # higher threshold, more cost
+    assert (
+        confidence == sorted(confidence) and 1.0 <= confidence[0] and confidence[-1] <= 2.0
+    )  # higher threshold, more cost
     same = [r for r in rows if r["config"] == "w=0.5" and r["family"] in ("mixture", "router random")]
     assert same[0]["reference_prob"] == same[1]["reference_prob"]  # the random router is the mixture
     assert (tmp_path / "frontier.png").stat().st_size > 10_000

@@ -1,4 +1,5 @@
 """The summariser: results files written by mixens.tracking -> cells, tables and plots with known values."""
+
 from __future__ import annotations
 
 import csv
@@ -47,9 +48,15 @@ def write_run(folder: Path, config: dict, seed: int, score: float, tokens_per_se
     record = {
         "config": config,
         "metrics": {TASK: {"alias": TASK, METRIC: score, "exact_match_stderr,extract": 0.1, "sample_len": 4}},
-        "speed": {"tokens_generated": 100, "wall_seconds": 100 / tokens_per_second,
-                  "tokens_per_second": tokens_per_second, "forward_passes_per_step": 1.0},
-        "versions": {}, "seed": seed, "git_commit": None,
+        "speed": {
+            "tokens_generated": 100,
+            "wall_seconds": 100 / tokens_per_second,
+            "tokens_per_second": tokens_per_second,
+            "forward_passes_per_step": 1.0,
+        },
+        "versions": {},
+        "seed": seed,
+        "git_commit": None,
     }
     return write_results(folder, record)
 
@@ -124,7 +131,12 @@ def test_the_table_has_means_stds_gains_and_paired_differences(sweep, tmp_path):
 
 def test_plots_are_written_and_draw_the_inputs(sweep, tmp_path):
     done = summarize([sweep], tmp_path, paper_csv=None)
-    assert {p.name for p in done["figures"]} == {"accuracy.png", "me_minus_ce.png", "speedup.png", "lambda_tradeoff.png"}
+    assert {p.name for p in done["figures"]} == {
+        "accuracy.png",
+        "me_minus_ce.png",
+        "speedup.png",
+        "lambda_tradeoff.png",
+    }
     for path in done["figures"]:
         assert path.stat().st_size > 10_000
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -215,17 +227,27 @@ def test_the_command_summarises_a_paper_pool_beside_the_papers_numbers(tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     layout = done.stdout[done.stdout.index(f"### {qwen}+{math_}") :].split("\n\n")[1]
     rows = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in layout.splitlines()[2:]}
-    assert rows[f"{qwen} (single k=5) [benchmark.temperature=1.0]"].endswith("(79.77)")  # members alone, with the paper's
+    assert rows[f"{qwen} (single k=5) [benchmark.temperature=1.0]"].endswith(
+        "(79.77)"
+    )  # members alone, with the paper's
     assert rows[f"{math_} (single k=5) [benchmark.temperature=1.0]"].endswith("(79.39)")
-    assert list(rows)[:3] == [f"{qwen} (single k=5) [benchmark.temperature=1.0]",
-                              f"{math_} (single k=5) [benchmark.temperature=1.0]", "CE k=5 [benchmark.temperature=1.0]"]
-    assert rows["CE k=5 [benchmark.temperature=1.0]"].startswith("83.00 ± ") and rows["CE k=5 [benchmark.temperature=1.0]"].endswith("(83.14)")
+    assert list(rows)[:3] == [
+        f"{qwen} (single k=5) [benchmark.temperature=1.0]",
+        f"{math_} (single k=5) [benchmark.temperature=1.0]",
+        "CE k=5 [benchmark.temperature=1.0]",
+    ]
+    assert rows["CE k=5 [benchmark.temperature=1.0]"].startswith("83.00 ± ") and rows[
+        "CE k=5 [benchmark.temperature=1.0]"
+    ].endswith("(83.14)")
     assert rows["ME k=5 [benchmark.temperature=0.7]"] == "50.00"  # one run: no interval, no paper number
     assert rows["ME k=5 [benchmark.temperature=0.3]"] == "60.00"
     with (out / "cells.csv").open() as handle:
         me_rows = [r for r in csv.DictReader(handle) if r["strategy"] == "ME"]
     assert sorted((r["settings"], r["n_seeds"]) for r in me_rows) == [
-        ("benchmark.temperature=0.3", "1"), ("benchmark.temperature=0.7", "1"), ("benchmark.temperature=1.0", "3")]
+        ("benchmark.temperature=0.3", "1"),
+        ("benchmark.temperature=0.7", "1"),
+        ("benchmark.temperature=1.0", "3"),
+    ]
     assert {p.name for p in out.glob("*.png")} >= {"accuracy.png", "me_minus_ce.png", "speedup.png"}
     assert "\\begin{tabular}" in (out / "tables.tex").read_text()
 
@@ -245,7 +267,13 @@ def test_a_comparison_run_gives_a_cell_per_strategy_paired_by_problem(tmp_path):
             lines = [json.dumps({"doc_id": i, "filter": "none", "exact_match": c}) for i, c in enumerate(correct)]
             (where / "samples_sciq_gen.jsonl").write_text("\n".join(lines) + "\n")
             score = {"metric": "exact_match,none", "n": 40, "mean": correct.mean(), "low": 0.0, "high": 1.0}
-            rows.append({"label": label, "scores": {"sciq_gen": score}, "tokens_per_second": 10.0 if label == "mixture" else 5.0})
+            rows.append(
+                {
+                    "label": label,
+                    "scores": {"sciq_gen": score},
+                    "tokens_per_second": 10.0 if label == "mixture" else 5.0,
+                }
+            )
         record = {
             "config": {**config, "seed": seed, "benchmark": {**config["benchmark"], "tasks": ["sciq_gen"]}},
             "metrics": {"sciq_gen": {"exact_match,none": rows[-1]["scores"]["sciq_gen"]["mean"]}},
@@ -255,7 +283,12 @@ def test_a_comparison_run_gives_a_cell_per_strategy_paired_by_problem(tmp_path):
         write_results(folder, record)
     done = summarize([tmp_path], tmp_path / "out", paper_csv=None, plots=False)
     strategies = sorted((r["strategy"], r["pool"]) for r in done["rows"])
-    assert strategies == [("CE (exact)", f"{GEMMA}+{SMOL}"), ("ME", f"{GEMMA}+{SMOL}"), ("single", GEMMA), ("single", SMOL)]
+    assert strategies == [
+        ("CE (exact)", f"{GEMMA}+{SMOL}"),
+        ("ME", f"{GEMMA}+{SMOL}"),
+        ("single", GEMMA),
+        ("single", SMOL),
+    ]
     assert all(r["n_seeds"] == 3 for r in done["rows"])
     (paired,) = done["paired"]
     assert (paired["baseline"], paired["unit"], paired["n"]) == ("CE (exact)", "problems", 40)

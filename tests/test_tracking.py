@@ -1,4 +1,5 @@
 """Results files on disk: written whole, with the permissions of the rest of the run folder."""
+
 from __future__ import annotations
 
 import os
@@ -23,6 +24,8 @@ def test_results_files_get_the_mode_of_any_other_new_file(tmp_path, umask):
 
 
 def test_the_printed_table_shows_scores_not_sample_counts():
-    table = results_table({"gsm8k": {"exact_match,strict": 0.25, "exact_match_stderr,strict": 0.1, "sample_len": 8}}, {})
+    table = results_table(
+        {"gsm8k": {"exact_match,strict": 0.25, "exact_match_stderr,strict": 0.1, "sample_len": 8}}, {}
+    )
     assert "exact_match,strict" in table and "0.2500" in table
     assert "sample_len" not in table and "stderr" not in table

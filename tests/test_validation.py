@@ -1,4 +1,5 @@
 """Bad input fails with one sentence naming the field and the fix, before any weights load."""
+
 from __future__ import annotations
 
 import math
@@ -20,7 +21,11 @@ def no_loading(monkeypatch):
 
 @pytest.mark.parametrize(
     ("weights", "message"),
-    [((-0.5, 1.0), r"models\[0\]\.weight .* negative"), ((math.nan, 1.0), r"models\[0\]\.weight .* nan"), ((0.0, 0.0), "all zero")],
+    [
+        ((-0.5, 1.0), r"models\[0\]\.weight .* negative"),
+        ((math.nan, 1.0), r"models\[0\]\.weight .* nan"),
+        ((0.0, 0.0), "all zero"),
+    ],
 )
 def test_bad_weights(tiny_models, no_loading, weights, message):
     models = [spec(tiny_models["bpe_a"], "a", weights[0]), spec(tiny_models["bpe_b"], "b", weights[1])]
@@ -113,7 +118,9 @@ def test_bad_generation_options(tiny_ensemble, kwargs, message):
 def test_huge_weights_are_normalised_without_overflow():
     from mixens.spec import ModelSpec, normalized_weights
 
-    specs = [ModelSpec(name=n, path="x", weight=1e308) for n in ("a", "b")] + [ModelSpec(name="c", path="x", weight=0.0)]
+    specs = [ModelSpec(name=n, path="x", weight=1e308) for n in ("a", "b")] + [
+        ModelSpec(name="c", path="x", weight=0.0)
+    ]
     assert normalized_weights(specs) == [0.5, 0.5, 0.0]
     tiny = [ModelSpec(name="a", path="x", weight=1e-320), ModelSpec(name="b", path="x", weight=3e-320)]
     assert normalized_weights(tiny) == pytest.approx([0.25, 0.75])

@@ -1,4 +1,5 @@
 """Vocabulary alignment: surface bytes, the string-level union, canonical re-tokenisation."""
+
 from __future__ import annotations
 
 import pytest
@@ -7,7 +8,12 @@ from transformers import AutoTokenizer
 from mixens.transcript import TextTranscript
 from mixens.vocab import SharedVocab, UnionVocab, build_alignment, split_incomplete_utf8, token_surfaces
 
-TEXTS = ["The capital of France is Paris.", "  two  spaces\nand a newline\t tab", "Über café 🙂 東京 1,234", "ʘ unseen ∑ chars ✓"]
+TEXTS = [
+    "The capital of France is Paris.",
+    "  two  spaces\nand a newline\t tab",
+    "Über café 🙂 東京 1,234",
+    "ʘ unseen ∑ chars ✓",
+]
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ The file is a header (":W&B", magic 0xBEE1, version) and then LevelDB-log record
 chunk has a CRC (4 bytes), a length (2, little-endian) and a type (1: whole, 2/3/4: first/middle/last).
 Each record is a protobuf `wandb.proto.wandb_internal_pb2.Record`.
 """
+
 from __future__ import annotations
 
 import json
@@ -52,9 +53,13 @@ def offline_run(run_dir: Path) -> dict:
         elif kind == "config":
             found["config"].update({u.key: json.loads(u.value_json) for u in record.config.update})
         elif kind == "history":
-            found["history"].update({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.history.item})
+            found["history"].update(
+                {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.history.item}
+            )
         elif kind == "summary":
-            found["summary"].update({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.summary.update})
+            found["summary"].update(
+                {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.summary.update}
+            )
         elif kind == "exit":
             found["exit_code"] = record.exit.exit_code
     return found

@@ -1,9 +1,10 @@
 """`python -m mixens.bench`: the speed study from one command.
 
-    python -m mixens.bench                       # the CPU study (random-weight Llama shapes, ~20M/50M)
-    python -m mixens.bench --preset gpu          # Qwen2.5 0.5B/1.5B shapes in bf16 on CUDA
-    python -m mixens.bench --preset tiny         # seconds: the smoke test
+python -m mixens.bench                       # the CPU study (random-weight Llama shapes, ~20M/50M)
+python -m mixens.bench --preset gpu          # Qwen2.5 0.5B/1.5B shapes in bf16 on CUDA
+python -m mixens.bench --preset tiny         # seconds: the smoke test
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,10 +20,27 @@ from mixens.bench.study import StudyConfig, run_study
 
 PRESETS = {
     "cpu": StudyConfig(),
-    "gpu": StudyConfig(size="qwen2.5-1.5b", small_size="qwen2.5-0.5b", device="cuda", dtype="bfloat16",
-                       prompt_tokens=64, new_tokens=128, repeats=3, catchup_repeats=10),
-    "tiny": StudyConfig(size="tiny-2x", small_size="tiny", batch_sizes=(1, 4), prompt_tokens=6, new_tokens=8,
-                        repeats=1, max_k=4, catchup_repeats=1, small_weights=(0.3, 0.7)),
+    "gpu": StudyConfig(
+        size="qwen2.5-1.5b",
+        small_size="qwen2.5-0.5b",
+        device="cuda",
+        dtype="bfloat16",
+        prompt_tokens=64,
+        new_tokens=128,
+        repeats=3,
+        catchup_repeats=10,
+    ),
+    "tiny": StudyConfig(
+        size="tiny-2x",
+        small_size="tiny",
+        batch_sizes=(1, 4),
+        prompt_tokens=6,
+        new_tokens=8,
+        repeats=1,
+        max_k=4,
+        catchup_repeats=1,
+        small_weights=(0.3, 0.7),
+    ),
 }
 
 
@@ -35,13 +53,20 @@ def _floats(text: str) -> tuple[float, ...]:
 
 
 def parse(argv: list[str]) -> tuple[StudyConfig, Path]:
-    parser = argparse.ArgumentParser(prog="python -m mixens.bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m mixens.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
-    parser.add_argument("--size", choices=sorted(SHAPES), help="shape of the equal members (and the larger of the pair)")
+    parser.add_argument(
+        "--size", choices=sorted(SHAPES), help="shape of the equal members (and the larger of the pair)"
+    )
     parser.add_argument("--small-size", choices=sorted(SHAPES), help="the smaller member of the unequal pair")
     parser.add_argument("--members", type=_ints, help="equal-member counts, e.g. 2,3")
-    parser.add_argument("--small-weights", type=_floats, help="weight sweep of the smaller member, e.g. 0.25,0.5,0.75 ('' skips the pair)")
+    parser.add_argument(
+        "--small-weights",
+        type=_floats,
+        help="weight sweep of the smaller member, e.g. 0.25,0.5,0.75 ('' skips the pair)",
+    )
     parser.add_argument("--batch-sizes", type=_ints, help="e.g. 1,8,32")
     parser.add_argument("--prompt-tokens", type=int)
     parser.add_argument("--new-tokens", type=int)
@@ -50,14 +75,26 @@ def parse(argv: list[str]) -> tuple[StudyConfig, Path]:
     parser.add_argument("--catchup-repeats", type=int)
     parser.add_argument("--device", help="cpu, cuda, cuda:1")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
-    parser.add_argument("--no-transformers", action="store_true", help="skip the comparison with transformers' generate")
+    parser.add_argument(
+        "--no-transformers", action="store_true", help="skip the comparison with transformers' generate"
+    )
     parser.add_argument("--out", type=Path, default=None, help="folder for results.json/.md and speed.png")
     args = parser.parse_args(argv)
     config = PRESETS[args.preset]
-    names = {"size": "size", "small_size": "small_size", "members": "equal_counts", "small_weights": "small_weights",
-             "batch_sizes": "batch_sizes", "prompt_tokens": "prompt_tokens", "new_tokens": "new_tokens",
-             "repeats": "repeats", "max_k": "max_k", "catchup_repeats": "catchup_repeats", "device": "device",
-             "dtype": "dtype"}
+    names = {
+        "size": "size",
+        "small_size": "small_size",
+        "members": "equal_counts",
+        "small_weights": "small_weights",
+        "batch_sizes": "batch_sizes",
+        "prompt_tokens": "prompt_tokens",
+        "new_tokens": "new_tokens",
+        "repeats": "repeats",
+        "max_k": "max_k",
+        "catchup_repeats": "catchup_repeats",
+        "device": "device",
+        "dtype": "dtype",
+    }
     changes = {field: getattr(args, arg) for arg, field in names.items() if getattr(args, arg) is not None}
     if args.no_transformers:
         changes["compare_transformers"] = False

@@ -1,4 +1,5 @@
 """From the raw timings to the figures of the study: per-step times, ratios, their ideals, the targets."""
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -89,15 +90,39 @@ def analyse(study: dict) -> dict:
             }
             ratios.append(ratio)
             if batch in TARGET_BATCHES:
-                targets.append(_target(f"mixture time within {MIXTURE_VS_IDEAL:.0%} of ideal", scenario, batch, name,
-                                       row["decode_vs_ideal"] - 1.0, row["decode_vs_ideal"] - 1.0 <= MIXTURE_VS_IDEAL))
-            targets.append(_target(f"mixture/averaging speedup >= {SPEEDUP_FRACTION} x ideal", scenario, batch, name,
-                                   ratio["fraction_of_ideal_speedup"], ratio["fraction_of_ideal_speedup"] >= SPEEDUP_FRACTION))
+                targets.append(
+                    _target(
+                        f"mixture time within {MIXTURE_VS_IDEAL:.0%} of ideal",
+                        scenario,
+                        batch,
+                        name,
+                        row["decode_vs_ideal"] - 1.0,
+                        row["decode_vs_ideal"] - 1.0 <= MIXTURE_VS_IDEAL,
+                    )
+                )
+            targets.append(
+                _target(
+                    f"mixture/averaging speedup >= {SPEEDUP_FRACTION} x ideal",
+                    scenario,
+                    batch,
+                    name,
+                    ratio["fraction_of_ideal_speedup"],
+                    ratio["fraction_of_ideal_speedup"] >= SPEEDUP_FRACTION,
+                )
+            )
         for mine, theirs in (("single", "hf_generate"), ("single_greedy", "hf_generate_greedy")):
             if mine in variants and theirs in variants:
                 slower = variants[mine]["seconds_per_step"] / variants[theirs]["seconds_per_step"] - 1.0
-                targets.append(_target(f"mixens {mine} within {SINGLE_VS_TRANSFORMERS:.0%} of transformers generate",
-                                       scenario, batch, mine, slower, slower <= SINGLE_VS_TRANSFORMERS))
+                targets.append(
+                    _target(
+                        f"mixens {mine} within {SINGLE_VS_TRANSFORMERS:.0%} of transformers generate",
+                        scenario,
+                        batch,
+                        mine,
+                        slower,
+                        slower <= SINGLE_VS_TRANSFORMERS,
+                    )
+                )
     return {"rows": rows, "ratios": ratios, "targets": targets}
 
 

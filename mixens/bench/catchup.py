@@ -5,6 +5,7 @@ when it is drawn after missing k-1 tokens. Both are measured the way mixens runs
 cache of fixed length, an attention mask, explicit positions and logits of the last position only.
 The cache is cropped back after each forward so every measurement sees the same context length.
 """
+
 from __future__ import annotations
 
 import statistics

@@ -5,6 +5,7 @@ drawn it has missed k-1 tokens with k geometric: P(k) = lambda_i (1 - lambda_i)^
 mixture step costs sum_i lambda_i E[c_i(k)], the ideal averaging step sum_i c_i(1), a single member c(1).
 Anything mixens measures beyond these is its own overhead.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence

@@ -5,6 +5,7 @@ share one tokenizer (the shared-vocabulary path of mixens). The tokenizer is a b
 are drawn at random until the vocabulary has the size the shape asks for: sampling, softmax and the output
 layer then cost what they cost with a real vocabulary of that size.
 """
+
 from __future__ import annotations
 
 import dataclasses

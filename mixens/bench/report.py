@@ -1,4 +1,5 @@
 """Writing the study: results.json (raw timings and derived figures), results.md (tables) and speed.png."""
+
 from __future__ import annotations
 
 import json
@@ -50,15 +51,21 @@ def markdown(study: dict, analysis: dict) -> str:
             f"| {t['target']} | {t['scenario']} | {t['batch']} | {t['variant']} | {t['value']:+.3f} | "
             f"{'yes' if t['met'] else 'NO'} |"
         )
-    lines += ["", "ideal: from c(k) with geometric catch-up lengths; ideal for its draws: mean c_i(k) over the "
-              "catch-ups this run actually made.", ""]
+    lines += [
+        "",
+        "ideal: from c(k) with geometric catch-up lengths; ideal for its draws: mean c_i(k) over the "
+        "catch-ups this run actually made.",
+        "",
+    ]
     lines += ["", "Catch-up micro-benchmark, c(k) / c(1) (k tokens fed in one forward against a 1-token step):", ""]
     ks = range(1, cfg["max_k"] + 1)
     lines.append("| shape | batch | c(1) ms | " + " | ".join(f"k={k}" for k in ks) + " |")
     lines.append("|---|---|---|" + "---|" * len(ks))
     for shape, per_batch in study["catchup_seconds"].items():
         for batch, costs in per_batch.items():
-            lines.append(f"| {shape} | {batch} | {_ms(costs[0])} | " + " | ".join(f"{c / costs[0]:.2f}" for c in costs) + " |")
+            lines.append(
+                f"| {shape} | {batch} | {_ms(costs[0])} | " + " | ".join(f"{c / costs[0]:.2f}" for c in costs) + " |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -71,8 +78,13 @@ def plot(study: dict, analysis: dict, path: Path) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5.5))
     for shape, per_batch in study["catchup_seconds"].items():
         for batch, costs in per_batch.items():
-            left.plot(range(1, len(costs) + 1), [c / costs[0] for c in costs], marker="o", ms=3,
-                      label=f"{shape}, batch {batch}")
+            left.plot(
+                range(1, len(costs) + 1),
+                [c / costs[0] for c in costs],
+                marker="o",
+                ms=3,
+                label=f"{shape}, batch {batch}",
+            )
     left.set_xlabel("k (tokens fed in one forward)")
     left.set_ylabel("c(k) / c(1)")
     left.set_title("Catch-up cost against a one-token step")
@@ -80,11 +92,27 @@ def plot(study: dict, analysis: dict, path: Path) -> None:
     left.legend(fontsize=7)
 
     ratios = analysis["ratios"]
-    labels = [f"{r['scenario']} {r['variant'].replace('mixture@', 'w=').replace('mixture', '')} b={r['batch']}".replace("  ", " ")
-              for r in ratios]
+    labels = [
+        f"{r['scenario']} {r['variant'].replace('mixture@', 'w=').replace('mixture', '')} b={r['batch']}".replace(
+            "  ", " "
+        )
+        for r in ratios
+    ]
     xs = range(len(ratios))
-    right.bar([x - 0.2 for x in xs], [r["ideal_speedup"] for r in ratios], width=0.4, label="ideal (from c(k))", color="#bbbbbb")
-    right.bar([x + 0.2 for x in xs], [r["mixture_vs_averaging_speedup"] for r in ratios], width=0.4, label="measured", color="#3366aa")
+    right.bar(
+        [x - 0.2 for x in xs],
+        [r["ideal_speedup"] for r in ratios],
+        width=0.4,
+        label="ideal (from c(k))",
+        color="#bbbbbb",
+    )
+    right.bar(
+        [x + 0.2 for x in xs],
+        [r["mixture_vs_averaging_speedup"] for r in ratios],
+        width=0.4,
+        label="measured",
+        color="#3366aa",
+    )
     right.axhline(1.0, color="black", lw=0.8)
     right.set_xticks(list(xs))
     right.set_xticklabels(labels, fontsize=7, rotation=60, ha="right")

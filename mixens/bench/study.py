@@ -4,6 +4,7 @@ Batch size by batch size: c(k) is measured, every scenario (a group of members a
 c(k) is measured again. Within a scenario the strategies take turns, in a rotating order, for `repeats`
 rounds with seeds 0, 1, ..., so load that drifts while the study runs falls on all of them alike.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -11,7 +12,14 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from mixens.bench.catchup import catchup_costs
-from mixens.bench.members import SHAPES, build_member, fixed_length_prompts, parameter_count, synthetic_tokenizer, with_weights
+from mixens.bench.members import (
+    SHAPES,
+    build_member,
+    fixed_length_prompts,
+    parameter_count,
+    synthetic_tokenizer,
+    with_weights,
+)
 from mixens.bench.timing import machine_name, stopwatch
 from mixens.ensemble import Ensemble
 from mixens.strategies import make_strategy
@@ -136,8 +144,11 @@ def _variants(members, weight_sets, compare_transformers: bool):
     anchor = members[-1]  # the largest member: the one a single-model run would use
     out = [("single", [anchor], "single", sample)]
     if compare_transformers:
-        out += [("hf_generate", [anchor], None, sample), ("single_greedy", [anchor], "single", greedy),
-                ("hf_generate_greedy", [anchor], None, greedy)]
+        out += [
+            ("hf_generate", [anchor], None, sample),
+            ("single_greedy", [anchor], "single", greedy),
+            ("hf_generate_greedy", [anchor], None, greedy),
+        ]
     out.append(("averaging", with_weights(members, weight_sets[0]), "averaging", sample))
     for weights in weight_sets:
         label = "mixture" if len(weight_sets) == 1 else "mixture@" + "/".join(f"{w:g}" for w in weights)
@@ -145,17 +156,20 @@ def _variants(members, weight_sets, compare_transformers: bool):
     return out
 
 
-def run_scenario(name: str, members, weight_sets, prompts, batch: int, config: StudyConfig,
-                 compare_transformers: bool, progress) -> list[Run]:
+def run_scenario(
+    name: str, members, weight_sets, prompts, batch: int, config: StudyConfig, compare_transformers: bool, progress
+) -> list[Run]:
     batch_prompts = prompts[:batch]
     table = []
     for label, chosen, strategy, sampling in _variants(members, weight_sets, compare_transformers):
-        ensemble = None if strategy is None else Ensemble(chosen, make_strategy(strategy, len(chosen)), batch_size=batch)
+        ensemble = (
+            None if strategy is None else Ensemble(chosen, make_strategy(strategy, len(chosen)), batch_size=batch)
+        )
         run = Run(name, batch, label, [m.name for m in chosen], [m.weight for m in chosen])
         table.append((run, ensemble, chosen, sampling))
     # Warm-up: a short generation of each, untimed (first calls allocate and pick kernels).
     warm = StudyConfig(**{**asdict(config), "new_tokens": 2})
-    for run, ensemble, chosen, sampling in table:
+    for _run, ensemble, chosen, sampling in table:
         if ensemble is None:
             _transformers_round(Run("", 0, "", [], []), chosen[0], batch_prompts, warm, 0, sampling)
         else:
@@ -201,8 +215,14 @@ def run_study(config: StudyConfig, progress=print) -> dict:
         before = measure(batch, "before")
         for n in config.equal_counts:
             runs += run_scenario(
-                f"equal-{n}", equal[:n], [[1.0 / n] * n], prompts, batch, config,
-                compare_transformers=config.compare_transformers and n == config.equal_counts[0], progress=progress,
+                f"equal-{n}",
+                equal[:n],
+                [[1.0 / n] * n],
+                prompts,
+                batch,
+                config,
+                compare_transformers=config.compare_transformers and n == config.equal_counts[0],
+                progress=progress,
             )
         if config.small_weights:
             weight_sets = [[w, 1.0 - w] for w in config.small_weights]

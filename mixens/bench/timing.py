@@ -1,4 +1,5 @@
 """Wall-clock timing that waits for the accelerator, so a GPU's queued work is counted where it runs."""
+
 from __future__ import annotations
 
 import time

@@ -7,6 +7,7 @@ separate cells; runs of one cell differ only by seed. Settings that change where
 goes but not what it measures (device, batch size, threads, where the data is read, logging) are not
 part of a cell.
 """
+
 from __future__ import annotations
 
 import json
@@ -133,7 +134,9 @@ def _flat(prefix: str, value) -> dict[str, str]:
 
 def settings_of(config: dict, pool: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
     """The config values beyond the cell's named fields that change results, flattened to key -> JSON."""
-    flat = {k: v for k, v in _flat("", config).items() if not any(k == n or k.startswith(n + ".") for n in NOT_SETTINGS)}
+    flat = {
+        k: v for k, v in _flat("", config).items() if not any(k == n or k.startswith(n + ".") for n in NOT_SETTINGS)
+    }
     for key, model in (config.get("models") or {}).items():
         name = model.get("name") or key
         if name in pool:

@@ -5,6 +5,7 @@ against the inputs) with matplotlib's Agg backend. Axes are fitted to the data, 
 differences the paper is about are fractions of a point. A summary whose scores do not vary at all
 (a smoke run) gets a figure that says so instead of empty axes.
 """
+
 from __future__ import annotations
 
 import math
@@ -176,7 +177,9 @@ def speedup_figure(paired: list[Paired]):
 # λ
 
 
-def lambda_series(cells: dict[CellKey, Cell]) -> dict[tuple[str, str, str, str], dict[str, list[tuple[float, float, float]]]]:
+def lambda_series(
+    cells: dict[CellKey, Cell],
+) -> dict[tuple[str, str, str, str], dict[str, list[tuple[float, float, float]]]]:
     """{(pool, λ model, task, metric): {strategy: [(λ, accuracy %, tokens/s), ...]}}, λ = the weight of the
     model the runs list first (the paper's convention); only pools run with two or more weightings."""
     weightings: dict = {}

@@ -7,6 +7,7 @@ inside ±margin; a difference test that finds nothing does not mean that. Differ
 problem: the same problem under the same seed, averaged over the seeds both strategies ran, so the
 unit of resampling is the problem (hundreds of them), not the seed (five).
 """
+
 from __future__ import annotations
 
 import math
@@ -67,7 +68,9 @@ def compare_paired(me: np.ndarray, ce: np.ndarray, unit: str, margin: float = DE
         equivalent_p = 0.0 if n >= 2 and abs(mean) < margin else 1.0
         return Comparison(unit, n, mean, bound, bound, 1.0 if n >= 2 else math.nan, equivalent_p, margin)
     rng = np.random.default_rng(SEED)
-    boot = stats.bootstrap((diff,), np.mean, confidence_level=CONFIDENCE, n_resamples=RESAMPLES, method="percentile", random_state=rng)
+    boot = stats.bootstrap(
+        (diff,), np.mean, confidence_level=CONFIDENCE, n_resamples=RESAMPLES, method="percentile", random_state=rng
+    )
     flips = stats.permutation_test(
         (me, ce), _mean_difference, permutation_type="samples", n_resamples=RESAMPLES, random_state=rng
     )

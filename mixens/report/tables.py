@@ -1,4 +1,5 @@
 """The summary's tables: the paper's layout with its numbers beside ours, every cell, ME against CE."""
+
 from __future__ import annotations
 
 import csv
@@ -36,7 +37,11 @@ def read_paper_results(path: Path | None) -> dict[tuple, dict]:
 
 
 # The paper's sampling protocol: a cell run otherwise gets no published number beside it.
-PAPER_PROTOCOL = {"benchmark.do_sample": ("true",), "benchmark.temperature": ("1.0", "1"), "benchmark.top_p": ("1.0", "1", "null")}
+PAPER_PROTOCOL = {
+    "benchmark.do_sample": ("true",),
+    "benchmark.temperature": ("1.0", "1"),
+    "benchmark.top_p": ("1.0", "1", "null"),
+}
 
 
 def paper_value(paper: dict[tuple, dict], key: CellKey) -> str:
@@ -233,7 +238,9 @@ def paper_layout(cells: dict[CellKey, Cell], paper: dict[tuple, dict]) -> dict[s
         part = part[part["metric"] == part["metric"].iloc[0]] if part["task"].duplicated().any() else part
         order = list(dict.fromkeys(part.sort_values("order", kind="stable")["row"]))
         table = part.pivot_table(index="row", columns="task", values="text", aggfunc="first")
-        columns = [t for t in PAPER_TASKS.values() if t in table.columns] + [t for t in table.columns if t not in PAPER_TASKS.values()]
+        columns = [t for t in PAPER_TASKS.values() if t in table.columns] + [
+            t for t in table.columns if t not in PAPER_TASKS.values()
+        ]
         tables[pool] = table.reindex(index=order, columns=columns).fillna("-")
     return tables
 

@@ -1,4 +1,5 @@
 """Ensemble strategies by name."""
+
 from mixens.strategies.averaging import Averaging, AveragingTopkUnion
 from mixens.strategies.base import MemberOutputs, StepContext, Strategy
 from mixens.strategies.mixture import Mixture

@@ -1,4 +1,5 @@
 """Averaging (the conventional ensemble, CE): every member runs; mix their distributions."""
+
 from __future__ import annotations
 
 import torch
@@ -43,7 +44,9 @@ class AveragingTopkUnion(Averaging):
             probs = outputs.raw(i).float()
             if mixed is not None:
                 probs = probs.to(mixed.device)
-            top = torch.zeros_like(probs, dtype=torch.bool).scatter(-1, probs.topk(min(k, probs.shape[-1])).indices, True)
+            top = torch.zeros_like(probs, dtype=torch.bool).scatter(
+                -1, probs.topk(min(k, probs.shape[-1])).indices, True
+            )
             part = routing[:, i : i + 1].to(probs) * probs
             mixed = part if mixed is None else mixed + part
             in_union = top if in_union is None else in_union | top

@@ -7,6 +7,7 @@ changes the combination. A strategy that must see some members' outputs before i
 to run (a cascade) routes again in `reroute`, after the first members ran; the loop then runs the
 members newly routed for each row.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

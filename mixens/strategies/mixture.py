@@ -1,4 +1,5 @@
 """Mixture (the paper's ME): draw one member by weight, run only it, take its token."""
+
 from __future__ import annotations
 
 import torch

@@ -6,6 +6,7 @@ top probability or entropy; `learned` asks a classifier trained on its hidden st
 row runs the handover members too and takes their distribution; every member that runs is counted,
 so routers report the same cost statistics as mixture and averaging.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -44,9 +45,13 @@ class CascadePolicy(RouterPolicy):
         if not 0 <= designated < n_members:
             raise ValueError(f"designated member {designated} is out of range for {n_members} member(s)")
         if isinstance(handover, str) and handover not in GROUP_HANDOVERS:
-            raise ValueError(f"handover '{handover}' is unknown; name a member or use one of {', '.join(GROUP_HANDOVERS)}")
+            raise ValueError(
+                f"handover '{handover}' is unknown; name a member or use one of {', '.join(GROUP_HANDOVERS)}"
+            )
         if isinstance(handover, int) and not (0 <= handover < n_members and handover != designated):
-            raise ValueError(f"handover member {handover} must be another member than the designated one ({designated})")
+            raise ValueError(
+                f"handover member {handover} must be another member than the designated one ({designated})"
+            )
         if handover == "others" and n_members < 2:
             raise ValueError("handover 'others' needs at least two members")
         self.designated = designated
@@ -97,7 +102,9 @@ class ConfidencePolicy(CascadePolicy):
         if criterion not in CRITERIA:
             raise ValueError(f"criterion '{criterion}' is unknown; choose one of {', '.join(CRITERIA)}")
         if criterion == "top_prob" and not 0.0 <= self.threshold <= 1.0:
-            raise ValueError(f"threshold {self.threshold} is out of range for criterion top_prob; give a value in [0, 1]")
+            raise ValueError(
+                f"threshold {self.threshold} is out of range for criterion top_prob; give a value in [0, 1]"
+            )
         if criterion == "entropy" and not self.threshold >= 0.0:
             raise ValueError(f"threshold {self.threshold} is out of range for criterion entropy; give nats >= 0")
         self.criterion = criterion
@@ -228,6 +235,8 @@ def router_options(
     options["handover"] = names.index(handover) if handover in names else handover
     if policy == "learned":
         if not router_path:
-            raise ConfigError("ensemble.router_path is empty; policy learned needs a file from `python -m mixens.train_router`.")
+            raise ConfigError(
+                "ensemble.router_path is empty; policy learned needs a file from `python -m mixens.train_router`."
+            )
         options["router"] = load_router(router_path)
     return options  # other policies leave router_path unread, so one sweep can cover every policy

@@ -1,4 +1,5 @@
 """One member alone: the reference point every ensemble is compared with."""
+
 from __future__ import annotations
 
 import torch

@@ -51,13 +51,9 @@ def _group(name: str, alias: str, tasks: list[str]) -> str:
 def render() -> dict[str, str]:
     """File name -> content of every generated YAML."""
     files = {f"mmlu_paper_{s}.yaml": _mmlu_subject(s) for s in MMLU_SUBJECTS}
-    files["mmlu_paper.yaml"] = _group(
-        "mmlu_paper", "mmlu (paper protocol)", [f"mmlu_paper_{s}" for s in MMLU_SUBJECTS]
-    )
+    files["mmlu_paper.yaml"] = _group("mmlu_paper", "mmlu (paper protocol)", [f"mmlu_paper_{s}" for s in MMLU_SUBJECTS])
     files |= {f"bbh_paper_{s}.yaml": _bbh_subtask(s) for s in BBH_ANSWER_TYPES}
-    files["bbh_paper.yaml"] = _group(
-        "bbh_paper", "bbh (paper protocol)", [f"bbh_paper_{s}" for s in BBH_ANSWER_TYPES]
-    )
+    files["bbh_paper.yaml"] = _group("bbh_paper", "bbh (paper protocol)", [f"bbh_paper_{s}" for s in BBH_ANSWER_TYPES])
     return files
 
 

@@ -78,17 +78,13 @@ BBH_ANSWER_TYPES = {
 PROMPT_FRAME = "{instruction}\n\nQuestion: {question}\nAnswer: Let's think step by step."
 
 GSM8K_INSTRUCTION = (
-    "Solve the following math problem. Reason step by step, "
-    "and put the final answer (a number only) within \\boxed{}."
+    "Solve the following math problem. Reason step by step, and put the final answer (a number only) within \\boxed{}."
 )
 CHOICE_INSTRUCTION = (
     "Answer the following multiple-choice question{about}. Reason step by step, "
     "and put the label of the correct option ({labels}) within \\boxed{{}}."
 )
-BBH_INSTRUCTION = (
-    "Answer the following question. Reason step by step, "
-    "and put the final answer within \\boxed{}."
-)
+BBH_INSTRUCTION = "Answer the following question. Reason step by step, and put the final answer within \\boxed{}."
 
 
 def _frame(instruction: str, question: str) -> str:
@@ -309,7 +305,4 @@ class AnswerFilter(Filter):
         self.answer_type = answer_type
 
     def apply(self, resps, docs):
-        return [
-            [extract_answer(text, self.answer_type, doc) for text in texts]
-            for texts, doc in zip(resps, docs)
-        ]
+        return [[extract_answer(text, self.answer_type, doc) for text in texts] for texts, doc in zip(resps, docs)]
