@@ -1,4 +1,5 @@
-# Two entry points: `make run` (set up, then the embedded default run) and `make test`.
+# Two entry points: `make run` (set up, then the embedded default run) and `make test` (style checks,
+# then the test suite).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -20,4 +21,7 @@ run: $(STAMP)
 	$(PY) -m mixens $(ARGS)
 
 test: $(STAMP)
+	# style first: the formatter and linter configured in pyproject.toml (a finding fails the run)
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -ra $(ARGS)

@@ -22,13 +22,11 @@ Writes frontier.csv, frontier.md, frontier.png and router.pt (with router.json) 
 from __future__ import annotations
 
 import argparse
-import copy
 import csv
 import json
 import os
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -48,8 +46,8 @@ def configurations(names: list[str]) -> list[tuple[str, str, tuple[float, float]
     """(family, label, weights, strategy, options) for a pair: names[0] designated, names[1] handover."""
     first, second = names
     configs = [
-        ("single", first, (1.0, 1.0), "single", {"member": 0}),
-        ("single", second, (1.0, 1.0), "single", {"member": 1}),
+        ("single", first, (1.0, 1.0), "single", {"member": first}),
+        ("single", second, (1.0, 1.0), "single", {"member": second}),
     ]
     configs += [("mixture", f"w={w}", (w, 1 - w), "mixture", {}) for w in MIXTURE_WEIGHTS]
     configs.append(("averaging", "w=0.5", (0.5, 0.5), "averaging", {}))
@@ -73,18 +71,7 @@ def configurations(names: list[str]) -> list[tuple[str, str, tuple[float, float]
 
 def configured(base, weights, strategy: str, options: dict):
     """The loaded ensemble with other weights and another strategy; members and vocabulary are shared."""
-    from mixens.strategies import make_strategy
-    from mixens.strategies.router import router_options
-
-    names = [m.name for m in base.members]
-    if strategy == "router":
-        options = router_options(names, **options)
-    total = sum(weights)
-    ensemble = copy.copy(base)
-    ensemble.members = [replace(m, weight=w / total) for m, w in zip(base.members, weights)]
-    ensemble.strategy = make_strategy(strategy, len(names), **options)
-    ensemble.strategy.check_members(ensemble.members)
-    return ensemble
+    return base.with_weights(weights).with_strategy(strategy, **options)
 
 
 def run(args) -> list[dict]:

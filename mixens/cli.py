@@ -15,8 +15,8 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from mixens.config import generation_overrides, register_schema, strategy_options, validate_run
-from mixens.spec import ConfigError
+from mixens.config import RunPlan, generation_overrides, register_schema, validate_run
+from mixens.errors import ConfigError
 
 log = logging.getLogger("mixens")
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
@@ -57,8 +57,8 @@ def check_datasets(tasks: list[str], manager, mirror) -> None:
             raise unreachable_dataset_error(task, err, mirror) from err
 
 
-def evaluate(cfg: DictConfig, out_dir: Path, specs: list) -> dict:
-    """Evaluate a validated run (`specs` = validate_run(cfg)) and write its results.
+def evaluate(cfg: DictConfig, out_dir: Path, plan: RunPlan) -> dict:
+    """Evaluate a validated run (`plan` = validate_run(cfg)) and write its results.
 
     With `compare`, the listed strategies run first on the same loaded members and problems."""
     import lm_eval
@@ -80,8 +80,7 @@ def evaluate(cfg: DictConfig, out_dir: Path, specs: list) -> dict:
     with reading_from(mirror):
         manager = task_manager_for(tasks)
         check_datasets(tasks, manager, mirror)
-    # Models load in the user's working directory, so relative model folders and files resolve there.
-    ensemble = load_ensemble(specs, cfg.ensemble.strategy, batch_size=cfg.batch_size, **strategy_options(cfg.ensemble))
+    ensemble = load_ensemble(plan.specs, plan.strategy, batch_size=cfg.batch_size)
     evaluations = []
     for label, each in compared_ensembles(ensemble, list(cfg.compare)):
         if cfg.compare:
@@ -124,7 +123,7 @@ def record_run(cfg: DictConfig, out_dir: Path, evaluations: list, seconds: float
         "versions": versions(),
         "seed": cfg.seed,
         "git_commit": git_commit(),
-        "members": [describe(m) for m in lm.ensemble.members],
+        "members": [describe(m, w) for m, w in zip(lm.ensemble.members, lm.ensemble.weights)],
         "samples": samples,
         "group_subtasks": results.get("group_subtasks"),  # which samples files a group's score averages
         "n_samples": results.get("n-samples"),
@@ -176,14 +175,14 @@ def run_job(cfg: DictConfig, out_dir: Path, sweep_dir: Path | None) -> dict:
         if found is not None:
             print(f"mixens: skipping, this config already has results: {found}")
             return {**json.loads(found.read_text()), "path": str(found)}
-    specs = validate_run(cfg)  # before a tracker run is opened for a config that cannot run
+    plan = validate_run(cfg)  # before a tracker run is opened for a config that cannot run
     if cfg.threads is not None:
         import torch
 
         torch.set_num_threads(cfg.threads)
     group = None if sweep_dir is None else sweep_group(sweep_dir)
     with tracker(cfg, config, out_dir, group) as logger:
-        record = evaluate(cfg, out_dir, specs)
+        record = evaluate(cfg, out_dir, plan)
         if logger is not None:
             logger.log_record(record, out_dir)
     return record

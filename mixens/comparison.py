@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from scipy import stats
 
-from mixens.spec import ConfigError
+from mixens.errors import ConfigError
 
 MEMBERS = "members"  # each member alone (strategy single)
 COMPARABLE = ("averaging", "averaging_topk_union", "mixture")  # strategies that need no options
@@ -36,7 +36,7 @@ def compared_ensembles(ensemble, entries: list[str]) -> list[tuple[str, object]]
     runs = []
     for entry in entries:
         if entry == MEMBERS:
-            runs += [(m.name, ensemble.with_strategy("single", member=i)) for i, m in enumerate(ensemble.members)]
+            runs += [(m.name, ensemble.with_strategy("single", member=m.name)) for m in ensemble.members]
         elif entry != ensemble.strategy.name:
             runs.append((entry, ensemble.with_strategy(entry)))
     return runs + [(ensemble.strategy.name, ensemble)]

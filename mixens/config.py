@@ -9,29 +9,27 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from mixens.comparison import check_compare
-from mixens.spec import ConfigError, GenerationOptions, ModelSpec, validate_ensemble_request
+from mixens.errors import ConfigError
+from mixens.sampling import Sampling
+from mixens.spec import ModelSpec, validate_members
+from mixens.strategies import Strategy, build_strategy
 
 
 @dataclass
 class EnsembleConfig:
-    strategy: str = "mixture"
-    draw: str = "batch"  # mixture: one member per step for the whole batch, or per sequence
-    union_top_k: Optional[int] = None  # averaging_topk_union: candidates per member
-    member: Optional[str] = None  # single: which model (default: the first)
-    # router: a policy picks the member(s) of each token (see conf/ensemble/router*.yaml)
-    policy: str = "confidence"  # random | confidence | learned
-    designated: Optional[str] = None  # confidence/learned: the model that runs first (default: the first)
-    threshold: float = 0.5  # confidence/learned: below it the designated model hands the step over
-    criterion: str = "top_prob"  # confidence: top_prob | entropy (nats)
-    handover: str = "others"  # others | average | a model name: who writes a handed-over token
-    router_path: Optional[str] = None  # learned: the file written by `python -m mixens.train_router`
+    strategy: str = "mixture"  # mixture | averaging | averaging_topk_union | single | router
+    # Only the chosen strategy's options (conf/ensemble/<strategy>.yaml lists them with their defaults);
+    # checked by the strategy itself (mixens.strategies.build_strategy).
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -109,6 +107,15 @@ def job_key(*, _root_: DictConfig) -> str:
     return hashlib.sha1(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
+@dataclass
+class RunPlan:
+    """A validated run: members with their paths made absolute and the strategy built (a router file read),
+    so that loading happens wherever the process is and reads nothing twice."""
+
+    specs: list[ModelSpec]
+    strategy: Strategy
+
+
 def model_specs(cfg: DictConfig) -> list[ModelSpec]:
     """The selected models in their config order, each with the run's device unless it names its own."""
     specs = []
@@ -121,24 +128,24 @@ def model_specs(cfg: DictConfig) -> list[ModelSpec]:
     return specs
 
 
-def validate_run(cfg: DictConfig) -> list[ModelSpec]:
+def validate_run(cfg: DictConfig) -> RunPlan:
+    """Everything that needs no model weights and no dataset, checked once: ConfigError names the field."""
     if not cfg.models:
         raise ConfigError("models is empty; pick models with models=[name,...] (see conf/models/).")
-    specs = model_specs(cfg)
+    specs = [replace(s, path=absolute_if_local(s.path)) for s in model_specs(cfg)]
     if not cfg.benchmark.member_chat_templates:
         specs = [replace(s, chat_template=False) for s in specs]
-    validate_ensemble_request(specs, cfg.ensemble.strategy)
+    validate_members(specs)
+    names = [s.name for s in specs]
+    try:
+        strategy = build_strategy(cfg.ensemble.strategy, names, OmegaConf.to_container(cfg.ensemble.options))
+    except ConfigError as err:
+        raise ConfigError(f"ensemble: {err}") from None
     if cfg.batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {cfg.batch_size}.")
     if cfg.threads is not None and cfg.threads < 1:
         raise ConfigError(f"threads must be >= 1 (or null for torch's default), got {cfg.threads}.")
     check_compare(list(cfg.compare), cfg.ensemble.strategy)
-    if cfg.ensemble.member is not None and cfg.ensemble.member not in [s.name for s in specs]:
-        raise ConfigError(
-            f"ensemble.member '{cfg.ensemble.member}' is not a selected model; choose one of {[s.name for s in specs]}."
-        )
-    if cfg.ensemble.strategy == "router":
-        check_router(cfg.ensemble, [s.name for s in specs])
     bench = cfg.benchmark
     if not bench.tasks:
         raise ConfigError("benchmark.tasks is empty; name at least one lm-eval task.")
@@ -153,14 +160,19 @@ def validate_run(cfg: DictConfig) -> list[ModelSpec]:
     if cfg.seed < 0:
         raise ConfigError(f"seed must be >= 0, got {cfg.seed}.")
     check_generation(bench)
-    return specs
+    return RunPlan(specs, strategy)
+
+
+def absolute_if_local(path: str) -> str:
+    """A path to an existing local folder, made absolute (a hub id or packaged name stays as it is)."""
+    local = Path(os.path.expanduser(path))
+    return str(local.resolve()) if local.is_dir() else path
 
 
 def check_generation(bench: DictConfig) -> None:
-    """The benchmark's sampling overrides, checked as the decoder would check them, before any model loads."""
+    """The benchmark's generation overrides, checked as the decoder checks them, before any model loads."""
     try:
-        GenerationOptions(
-            max_new_tokens=bench.max_gen_toks or 1,
+        Sampling(
             do_sample=bool(bench.do_sample),
             temperature=1.0 if bench.temperature is None else bench.temperature,
             top_k=bench.top_k or 0,
@@ -168,41 +180,6 @@ def check_generation(bench: DictConfig) -> None:
         )
     except ConfigError as err:
         raise ConfigError(f"benchmark.{err}") from None
-
-
-ROUTER_KEYS = ("policy", "designated", "threshold", "criterion", "handover", "router_path", "draw")
-
-
-def strategy_options(ensemble) -> dict:
-    """The options of the chosen strategy (from a run's `ensemble` config or its recorded dict)."""
-    strategy = ensemble["strategy"]
-    if strategy == "mixture":
-        return {"draw": ensemble["draw"]}
-    if strategy == "averaging_topk_union" and ensemble.get("union_top_k") is not None:
-        return {"union_top_k": ensemble["union_top_k"]}
-    if strategy == "single":
-        return {"member": ensemble.get("member")}
-    if strategy == "router":
-        return router_settings(ensemble)
-    return {}
-
-
-def router_settings(ensemble: DictConfig) -> dict:
-    """The ensemble config's router settings, as load_ensemble takes them."""
-    return {key: ensemble[key] for key in ROUTER_KEYS}
-
-
-def check_router(ensemble: DictConfig, names: list[str]) -> None:
-    """Build the router once (cheap, no model) so that any bad setting is reported before loading."""
-    from mixens.strategies import make_strategy
-    from mixens.strategies.router import router_options
-
-    try:
-        make_strategy("router", len(names), **router_options(names, **router_settings(ensemble)))
-    except (TypeError, ValueError) as err:
-        if isinstance(err, ConfigError):
-            raise
-        raise ConfigError(f"ensemble settings for the router: {err}.") from None
 
 
 def generation_overrides(bench: DictConfig) -> dict:

@@ -1,7 +1,9 @@
-"""The batched generation loop: route, bring the chosen members up to date, combine, pick, repeat."""
+"""The decoding loop as a stepper: route, bring the routed members up to date, combine; the driver
+picks the tokens and appends them."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -11,9 +13,9 @@ import torch
 from mixens.cache import FeedStats, MemberCache
 from mixens.members import Member
 from mixens.sampling import Sampling, pick, transformed_probs
-from mixens.strategies import MemberOutputs, StepContext, Strategy
+from mixens.strategies import MemberOutputs, StepContext
 from mixens.transcript import make_transcript
-from mixens.vocab import SharedVocab, UnionVocab
+from mixens.vocab import SharedVocab
 
 ROUTING_STREAM, SAMPLING_STREAM = 0, 1
 
@@ -107,87 +109,155 @@ class _Distributions:
         return union[:, : self.vocab.size].to(self.device)
 
 
-def decode_batch(
-    members: list[Member],
-    vocab: SharedVocab | UnionVocab,
-    strategy: Strategy,
+@dataclass
+class Step:
+    """One step's result: the combined next-token distribution and what produced it."""
+
+    dist: torch.Tensor  # [B, V] in the ensemble's id space; a finished row holds a dummy one-hot
+    outputs: MemberOutputs  # the members that ran, in the ensemble's id space
+    routing: torch.Tensor  # [B, n] the final routing matrix W
+    active: torch.Tensor  # [B] bool: rows still writing
+
+
+class Decoder:
+    """One batch decoded step by step by whoever drives it: `step()` routes, brings the routed members up
+    to date and combines them; `append(tokens)` writes the tokens the driver chose. Generation samples
+    them (`generate_batch`), teacher forcing appends the reference, router training reads the members'
+    outputs. Work and time are counted beside the loop, in `stats`."""
+
+    def __init__(
+        self,
+        ensemble,
+        prompts: list[str],
+        until: list[tuple[str, ...]],
+        sampling: Sampling,
+        seed: int,
+        batch_index: int = 0,
+    ):
+        self._clock = _StepClock(len(prompts))
+        self.members, self.vocab, self.strategy = ensemble.members, ensemble.vocab, ensemble.strategy
+        self.sampling = sampling
+        rendered = [[m.render_prompt(p) for p in prompts] for m in self.members]
+        self.transcript = make_transcript(self.vocab, [m.tokenizer for m in self.members], rendered, until)
+        self.caches = [
+            MemberCache(m.model, m.device, self.transcript.prompt_lengths(i), _pad_id(m), self.vocab.member_size(i))
+            for i, m in enumerate(self.members)
+        ]
+        self.home = self.members[0].device
+        self.weights = torch.tensor(ensemble.weights, dtype=torch.float64)
+        self.routing_rng = torch.Generator().manual_seed(stream_seed(seed, ROUTING_STREAM, batch_index))
+        self.steps_taken = 0
+        self._clock.prepared()
+
+    def step(self) -> Step:
+        self._clock.step_started(self._prompt_tokens())
+        active = torch.tensor([not d for d in self.transcript.done])
+        ctx = StepContext(self.steps_taken, active, self.weights, self.routing_rng)
+        outputs, routing = self._run_routed_members(ctx)
+        dist = self.strategy.combine(outputs, routing, self.sampling)
+        if not bool(active.all()):  # the masked writes cost a full-vocabulary pass even when no row is done
+            finished = ~active.to(dist.device)
+            dist[finished] = 0.0
+            dist[finished, 0] = 1.0  # finished rows draw a dummy token that is ignored
+        return Step(dist, outputs, routing, active)
+
+    def append(self, tokens: list[int]) -> None:
+        """Write one token per row (ignored for finished rows). `tokens` is a host list, so the step's
+        device work is done and its time can be taken."""
+        self._clock.step_finished(self._prompt_tokens(), sum(not d for d in self.transcript.done))
+        self.transcript.append(tokens)
+        self.steps_taken += 1
+
+    @property
+    def done(self) -> bool:
+        return all(self.transcript.done)
+
+    def texts(self) -> list[str]:
+        return self.transcript.texts()
+
+    @property
+    def stats(self) -> GenerationStats:
+        return self._clock.stats({m.name: c.stats for m, c in zip(self.members, self.caches)})
+
+    def _prompt_tokens(self) -> int:
+        return sum(c.stats.prompt_tokens for c in self.caches)
+
+    def _run_routed_members(self, ctx: StepContext) -> tuple[MemberOutputs, torch.Tensor]:
+        """Route, run the routed members for their rows, let the strategy route again having seen those
+        outputs (a cascade), run what it added. Returns the outputs and the final routing."""
+        distributions = _Distributions(self.vocab, self.home)
+        hidden: dict[int, torch.Tensor] = {}
+        outputs = MemberOutputs(distributions, hidden)
+        ran = torch.zeros(ctx.active.shape[0], len(self.caches), dtype=torch.bool)
+        routing = self.strategy.route(ctx)
+        for second_look in (False, True):
+            if second_look:
+                routing = self.strategy.reroute(ctx, outputs, routing)
+            routing[~ctx.active] = 0.0
+            for i, cache in enumerate(self.caches):
+                rows = (routing[:, i] > 0) & ~ran[:, i]
+                if not rows.any():
+                    continue
+                wants_hidden = self.strategy.wants_hidden(i)
+                result = cache.advance(self.transcript.target_ids(i), rows.tolist(), hidden=wants_hidden)
+                logits, state = result if wants_hidden else (result, None)
+                # Rows this member did not run for hold meaningless logits: keep earlier ones, else zeros.
+                earlier = ran[:, i].to(logits.device)[:, None]
+                keep = rows.to(logits.device)[:, None]
+                logits = _merge_rows(logits, keep, distributions.logits.get(i), earlier)
+                distributions.set_logits(i, logits)
+                if state is not None:
+                    hidden[i] = _merge_rows(state, keep, hidden.get(i), earlier)
+                ran[:, i] |= rows
+        return outputs, routing
+
+
+class _StepClock:
+    """Wall time of a batch, split into prompt reading and decoding, and the steps and tokens counted."""
+
+    def __init__(self, sequences: int):
+        self.started = time.perf_counter()
+        self.counts = GenerationStats(sequences=sequences)
+        self._step_started = self.started
+        self._prompt_tokens_before = 0
+
+    def prepared(self) -> None:
+        self.counts.prefill_seconds = time.perf_counter() - self.started  # tokenising the prompts
+
+    def step_started(self, prompt_tokens: int) -> None:
+        self._step_started = time.perf_counter()
+        self._prompt_tokens_before = prompt_tokens
+
+    def step_finished(self, prompt_tokens: int, active_rows: int) -> None:
+        self.counts.steps += 1
+        self.counts.tokens_generated += active_rows
+        if prompt_tokens > self._prompt_tokens_before:  # some member read prompt tokens in this step
+            self.counts.prefill_seconds += time.perf_counter() - self._step_started
+            self.counts.prefill_steps += 1
+        self.counts.wall_seconds = time.perf_counter() - self.started
+
+    def stats(self, members: dict[str, FeedStats]) -> GenerationStats:
+        return dataclasses.replace(self.counts, members=members)
+
+
+def generate_batch(
+    ensemble,
     prompts: list[str],
     until: list[tuple[str, ...]],
     sampling: Sampling,
     max_new_tokens: int,
     seed: int,
     batch_index: int = 0,
-    choose=None,
 ) -> tuple[list[str], GenerationStats]:
-    """Generate a batch. `choose(step, dist, outputs, active) -> tokens` replaces sampling for a caller
-    that drives the text itself (teacher forcing: it returns the reference tokens, EOS when one ends)."""
-    started = time.perf_counter()
-    rendered = [[m.render_prompt(p) for p in prompts] for m in members]
-    transcript = make_transcript(vocab, [m.tokenizer for m in members], rendered, until)
-    caches = []
-    for i, m in enumerate(members):
-        size = vocab.member_size(i)
-        caches.append(MemberCache(m.model, m.device, transcript.prompt_lengths(i), _pad_id(m), size))
-    home = members[0].device
-    routing_rng = torch.Generator().manual_seed(stream_seed(seed, ROUTING_STREAM, batch_index))
-    sampling_rng = torch.Generator(device=home).manual_seed(stream_seed(seed, SAMPLING_STREAM, batch_index))
-    weights = torch.tensor([m.weight for m in members], dtype=torch.float64)
-    stats = GenerationStats(sequences=len(prompts))
-    stats.prefill_seconds = time.perf_counter() - started
-
-    for step in range(max_new_tokens):
-        step_started = time.perf_counter()
-        prompt_tokens_before = sum(c.stats.prompt_tokens for c in caches)
-        active = torch.tensor([not d for d in transcript.done])
-        ctx = StepContext(step, active, weights, routing_rng)
-        outputs, routing = _run_routed_members(strategy, ctx, caches, transcript, vocab, home)
-        dist = strategy.combine(outputs, routing, sampling)
-        if not bool(active.all()):  # the masked writes cost a full-vocabulary pass even when no row is done
-            dist[~active.to(dist.device)] = 0.0
-            dist[~active.to(dist.device), 0] = 1.0  # finished rows draw a dummy token that is ignored
-        tokens = pick(dist, sampling, sampling_rng).tolist() if choose is None else choose(step, dist, outputs, active)
-        stats.steps += 1
-        stats.tokens_generated += int(active.sum())
-        if sum(c.stats.prompt_tokens for c in caches) > prompt_tokens_before:  # `tolist` synced the device
-            stats.prefill_seconds += time.perf_counter() - step_started
-            stats.prefill_steps += 1
-        transcript.append(tokens)
-        if all(transcript.done):
+    """Generate one prepared batch (no validation: Ensemble.generate checks and batches)."""
+    decoder = Decoder(ensemble, prompts, until, sampling, seed, batch_index)
+    sampling_rng = torch.Generator(device=decoder.home).manual_seed(stream_seed(seed, SAMPLING_STREAM, batch_index))
+    for _ in range(max_new_tokens):
+        step = decoder.step()
+        decoder.append(pick(step.dist, sampling, sampling_rng).tolist())
+        if decoder.done:
             break
-
-    stats.wall_seconds = time.perf_counter() - started
-    stats.members = {m.name: c.stats for m, c in zip(members, caches)}
-    return transcript.texts(), stats
-
-
-def _run_routed_members(strategy: Strategy, ctx: StepContext, caches, transcript, vocab, home):
-    """Route, run the routed members for their rows, let the strategy route again having seen those
-    outputs (a cascade), run what it added. Returns the outputs and the final routing."""
-    distributions = _Distributions(vocab, home)
-    hidden: dict[int, torch.Tensor] = {}
-    outputs = MemberOutputs(distributions, hidden)
-    ran = torch.zeros(ctx.active.shape[0], len(caches), dtype=torch.bool)
-    routing = strategy.route(ctx)
-    for second_look in (False, True):
-        if second_look:
-            routing = strategy.reroute(ctx, outputs, routing)
-        routing[~ctx.active] = 0.0
-        for i, cache in enumerate(caches):
-            rows = (routing[:, i] > 0) & ~ran[:, i]
-            if not rows.any():
-                continue
-            wants_hidden = strategy.wants_hidden(i)
-            result = cache.advance(transcript.target_ids(i), rows.tolist(), hidden=wants_hidden)
-            logits, state = result if wants_hidden else (result, None)
-            # Rows this member did not run for hold meaningless logits: keep earlier ones, else zeros.
-            earlier = ran[:, i].to(logits.device)[:, None]
-            keep = rows.to(logits.device)[:, None]
-            logits = _merge_rows(logits, keep, distributions.logits.get(i), earlier)
-            distributions.set_logits(i, logits)
-            if state is not None:
-                hidden[i] = _merge_rows(state, keep, hidden.get(i), earlier)
-            ran[:, i] |= rows
-    return outputs, routing
+    return decoder.texts(), decoder.stats
 
 
 def _merge_rows(new: torch.Tensor, new_rows: torch.Tensor, old: torch.Tensor | None, old_rows: torch.Tensor):

@@ -7,12 +7,12 @@ from dataclasses import dataclass
 
 from tqdm.auto import tqdm
 
-from mixens.decoding import GenerationStats, decode_batch
+from mixens.decoding import GenerationStats, generate_batch
+from mixens.errors import ConfigError
 from mixens.members import Member, load_member
-from mixens.sampling import Sampling
-from mixens.spec import ConfigError, GenerationOptions, ModelSpec, normalized_weights, validate_ensemble_request
-from mixens.strategies import Strategy, make_strategy
-from mixens.strategies.router import router_options
+from mixens.sampling import Sampling, check_decoding_budget
+from mixens.spec import ModelSpec, normalized_weights, validate_members
+from mixens.strategies import Strategy, build_strategy
 from mixens.vocab import build_alignment
 
 
@@ -23,22 +23,40 @@ class GenerationResult:
 
 
 class Ensemble:
-    """Members, the vocabulary they are mixed in, and a strategy."""
+    """Loaded members, the vocabulary they are mixed in, their weights and a strategy. A value: the
+    `with_*` methods return ensembles that share the loaded models and the vocabulary alignment."""
 
-    def __init__(self, members: list[Member], strategy: Strategy, batch_size: int = 8, vocab=None):
+    def __init__(
+        self,
+        members: list[Member],
+        strategy: Strategy,
+        batch_size: int = 8,
+        vocab=None,
+        weights: Sequence[float] | None = None,
+    ):
         self.members = members
         self.strategy = strategy
-        strategy.check_members(members)
         self.batch_size = batch_size
+        # lambda, summing to one (default: the members' spec weights)
+        if weights is not None and len(weights) != len(members):
+            raise ConfigError(f"{len(weights)} weights for {len(members)} members; give one per member.")
+        raw = [m.spec.weight for m in members] if weights is None else list(weights)
+        self.weights = tuple(normalized_weights(raw, [m.name for m in members]))
+        strategy.check_members(members, self.weights)
         self.vocab = vocab or build_alignment([m.tokenizer for m in members], [set(m.eos_ids) for m in members])
 
-    def with_strategy(self, strategy: str, **options) -> Ensemble:
-        """The same loaded members and vocabulary alignment under another strategy (nothing is reloaded)."""
-        try:
-            chosen = make_strategy(strategy, len(self.members), **options)
-        except (KeyError, TypeError, ValueError) as err:
-            raise ConfigError(f"strategy '{strategy}' with options {options}: {err}") from None
-        return Ensemble(self.members, chosen, self.batch_size, self.vocab)
+    def with_strategy(self, strategy: str | Strategy, **options) -> Ensemble:
+        """The same loaded members under another strategy: a built one, or a name and its options
+        (members named as in the ensemble)."""
+        if not isinstance(strategy, Strategy):
+            strategy = build_strategy(strategy, [m.name for m in self.members], options)
+        elif options:
+            raise ConfigError(f"options {sorted(options)} go with a strategy name, not a built strategy.")
+        return Ensemble(self.members, strategy, self.batch_size, self.vocab, self.weights)
+
+    def with_weights(self, weights: Sequence[float]) -> Ensemble:
+        """The same loaded members under other weights (normalised to sum to one)."""
+        return Ensemble(self.members, self.strategy, self.batch_size, self.vocab, weights)
 
     @property
     def shared_vocabulary(self) -> bool:
@@ -63,32 +81,40 @@ class Ensemble:
         `until` is one list of stop strings for every prompt or one list per prompt. Prompts are decoded in
         batches of `batch_size`, in the order given; the same seed and batching give the same texts.
         """
-        GenerationOptions(max_new_tokens, do_sample, temperature, top_k, top_p, seed)
+        sampling = Sampling(do_sample, temperature, top_k, top_p)
+        check_decoding_budget(max_new_tokens, seed)
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)  # a string is one prompt, not its characters
         if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
             raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}.")
         stops = _per_prompt_stops(until, len(prompts))
-        sampling = Sampling(do_sample, temperature, top_k, top_p)
         size = batch_size or self.batch_size
         starts = range(0, len(prompts), size)
         show = progress if progress is not None else len(starts) > 1
         texts: list[str] = []
         stats = GenerationStats()
-        for batch_index, start in enumerate(tqdm(starts, desc="generating", unit="batch", disable=not show)):
-            batch_texts, batch_stats = decode_batch(
-                self.members,
-                self.vocab,
-                self.strategy,
-                prompts[start : start + size],
-                stops[start : start + size],
-                sampling,
-                max_new_tokens,
-                seed,
-                batch_index,
+        bar = tqdm(total=len(prompts), desc="generating", unit="prompt", disable=not show)
+        for batch_index, start in enumerate(starts):
+            chunk = slice(start, start + size)
+            batch_texts, batch_stats = self.decode(
+                prompts[chunk], stops[chunk], sampling, max_new_tokens, seed, batch_index
             )
             texts.extend(batch_texts)
             stats.add(batch_stats)
+            bar.update(len(batch_texts))
+        bar.close()
         return GenerationResult(texts, stats)
+
+    def decode(
+        self,
+        prompts: list[str],
+        until: list[tuple[str, ...]],
+        sampling: Sampling,
+        max_new_tokens: int,
+        seed: int,
+        batch_index: int = 0,
+    ) -> tuple[list[str], GenerationStats]:
+        """One prepared batch, decoded as it is given (no checks, no batching): for callers that did both."""
+        return generate_batch(self, prompts, until, sampling, max_new_tokens, seed, batch_index)
 
 
 def _per_prompt_stops(until, count: int) -> list[tuple[str, ...]]:
@@ -104,36 +130,28 @@ def _per_prompt_stops(until, count: int) -> list[tuple[str, ...]]:
 
 def load_ensemble(
     models: Sequence[Mapping | ModelSpec],
-    strategy: str = "mixture",
+    strategy: str | Strategy = "mixture",
     *,
     batch_size: int = 8,
-    member: str | None = None,
     **strategy_options,
 ) -> Ensemble:
     """Validate everything, then load the members and build the ensemble.
 
-    `member` names the model `single` runs (default: the first); other keyword options go to the
-    strategy (`draw` for mixture, `union_top_k` for averaging_topk_union; for router `policy`,
-    `designated`, `threshold`, `criterion`, `handover`, `router_path`, `draw`: see strategies/router.py).
+    `strategy` is a name with its options as keywords (members by name: `member` for single, `draw` for
+    mixture, `union_top_k` for averaging_topk_union, the router's in strategies/router.py), or a strategy
+    already built by `mixens.strategies.build_strategy`. A strategy that runs fewer members than given
+    (single) loads only those.
     """
     specs = [ModelSpec.from_mapping(raw, i) for i, raw in enumerate(models)]
-    validate_ensemble_request(specs, strategy)
-    if batch_size < 1:
-        raise ConfigError(f"batch_size must be >= 1, got {batch_size}.")
-    names = [s.name for s in specs]
-    if strategy == "single":
-        if member is not None and member not in names:
-            raise ConfigError(f"member '{member}' is not one of the models {names}; name one of them.")
-        # Only the chosen member is loaded: the reference point costs one model.
-        specs = [specs[names.index(member) if member else 0]]
-    elif member is not None:
-        raise ConfigError(f"member='{member}' only applies to strategy 'single', not '{strategy}'.")
-    if strategy == "router":  # members by name, the router file read: mistakes show before loading
-        strategy_options = router_options(names, **strategy_options)
-    try:
-        chosen = make_strategy(strategy, len(specs), **strategy_options)
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"strategy options for '{strategy}': {err}") from None
-    weights = normalized_weights(specs)
-    members = [load_member(spec, w, i) for i, (spec, w) in enumerate(zip(specs, weights))]
-    return Ensemble(members, chosen, batch_size=batch_size)
+    validate_members(specs)
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}.")
+    if not isinstance(strategy, Strategy):
+        strategy = build_strategy(strategy, [s.name for s in specs], strategy_options)
+    elif strategy_options:
+        raise ConfigError(f"options {sorted(strategy_options)} go with a strategy name, not a built strategy.")
+    used = strategy.members_used()
+    if used is not None:
+        specs, strategy = [specs[i] for i in used], strategy.restricted()
+    members = [load_member(spec, i) for i, spec in enumerate(specs)]
+    return Ensemble(members, strategy, batch_size=batch_size)

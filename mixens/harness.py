@@ -18,11 +18,11 @@ model_args: lm-eval splits them at ',' and '='; a list is written with '|':
   dtype, device, revision, chat_template, trust_remote_code
                      one value for every member, or one per member ('|'); chat_template=true makes a
                      member wrap each prompt in its own tokenizer's chat template
-  strategy           mixture | averaging | averaging_topk_union | single (default mixture)
-  member             the member `single` runs; draw (mixture), union_top_k (averaging_topk_union)
-  policy, designated, threshold, criterion, handover, router_path
-                     strategy=router settings (see conf/ensemble/router.yaml), members by name
+  strategy           mixture | averaging | averaging_topk_union | single | router (default mixture)
   seed, max_gen_toks, max_length, batch_size
+  any other key      an option of the chosen strategy, as in conf/ensemble/<strategy>.yaml: member
+                     (single), draw (mixture), union_top_k (averaging_topk_union), policy, designated,
+                     threshold, ... (router); members by name. The strategy refuses keys it lacks.
 lm-eval's --batch_size and --device apply when model_args does not set them ('auto' batch sizes fall back
 to 8; a --device this machine lacks falls back to 'auto', as lm-eval's own HF model does).
 
@@ -41,15 +41,17 @@ import numpy as np
 import torch
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
-from lm_eval.models.utils import resolve_max_length
+from lm_eval.models.utils import Collator, handle_stop_sequences, normalize_gen_kwargs, resolve_max_length
 from lm_eval.utils import handle_arg_string, simple_parse_args_string
 from tqdm.auto import tqdm
 
 from mixens.decoding import GenerationStats
 from mixens.ensemble import Ensemble, load_ensemble
+from mixens.errors import ConfigError
 from mixens.likelihood import MemberEncoder, mixture_scores
 from mixens.members import Member, describe
-from mixens.spec import ConfigError, GenerationOptions, validate_device
+from mixens.sampling import Sampling, check_decoding_budget
+from mixens.spec import validate_device
 
 log = logging.getLogger(__name__)
 
@@ -75,40 +77,27 @@ class EnsembleLM(LM):
         chat_template=None,
         trust_remote_code=None,
         strategy: str | None = None,
-        member: str | None = None,
-        draw: str | None = None,
-        union_top_k: int | None = None,
-        policy: str | None = None,
-        designated: str | None = None,
-        threshold: float | None = None,
-        criterion: str | None = None,
-        handover: str | None = None,
-        router_path: str | None = None,
         batch_size: int | str | None = None,
         seed: int = 0,
         max_gen_toks: int = 256,
         max_length: int | None = None,
+        **strategy_options,
     ):
+        """An ensemble already loaded, or what to load: `models` and the per-member settings, `strategy`
+        (default mixture) and that strategy's own options by name (checked by the strategy)."""
         super().__init__()
         batch_size = _batch_size(batch_size)
-        loading = {
-            "models": models, "weights": weights, "names": names, "dtype": dtype, "device": device,
-            "revision": revision, "chat_template": chat_template, "trust_remote_code": trust_remote_code,
-            "strategy": strategy, "member": member, "draw": draw, "union_top_k": union_top_k,
-            "policy": policy, "designated": designated, "threshold": threshold, "criterion": criterion,
-            "handover": handover, "router_path": router_path,
-        }  # fmt: skip
+        per_member = {"weights": weights, "names": names, "dtype": dtype, "device": device, "revision": revision,
+                      "chat_template": chat_template, "trust_remote_code": trust_remote_code}  # fmt: skip
         if ensemble is None:
-            specs = _member_specs(models, weights, names, dtype, device, revision, chat_template, trust_remote_code)
-            options = {k: v for k, v in {"draw": draw, "union_top_k": union_top_k}.items() if v is not None}
-            router = {"policy": policy, "designated": designated, "threshold": threshold, "criterion": criterion,
-                      "handover": handover, "router_path": router_path}  # fmt: skip
-            options.update({k: v for k, v in router.items() if v is not None})
+            specs = _member_specs(models, **per_member)
             ensemble = load_ensemble(
-                specs, strategy or "mixture", batch_size=batch_size or DEFAULT_BATCH_SIZE, member=member, **options
+                specs, strategy or "mixture", batch_size=batch_size or DEFAULT_BATCH_SIZE, **strategy_options
             )
-        elif given := sorted(k for k, v in loading.items() if v is not None):
-            raise ConfigError(f"{given} configure loading models; with ensemble= (already loaded) leave them out.")
+        else:
+            loading = {"models": models, "strategy": strategy, **per_member, **strategy_options}
+            if given := sorted(k for k, v in loading.items() if v is not None):
+                raise ConfigError(f"{given} configure loading models; with ensemble= (already loaded) leave them out.")
         if not isinstance(max_gen_toks, int) or max_gen_toks < 1:
             raise ConfigError(f"max_gen_toks must be an integer >= 1, got {max_gen_toks!r}.")
         if max_length is not None and (not isinstance(max_length, int) or max_length < 2):
@@ -133,11 +122,7 @@ class EnsembleLM(LM):
 
     @classmethod
     def create_from_arg_obj(cls, arg_dict: dict, additional_config: dict | None = None) -> EnsembleLM:
-        args = dict(arg_dict)
-        allowed = sorted(_ALLOWED_ARGS)
-        unknown = sorted(set(args) - _ALLOWED_ARGS)
-        if unknown:
-            raise ConfigError(f"model_args {unknown} are not known to the mixens model; allowed keys: {allowed}.")
+        args = dict(arg_dict)  # keys that are neither loading settings nor the strategy's are refused by the strategy
         # lm-eval's own --batch_size/--device fill in only what model_args leaves open.
         extra = {k: v for k, v in (additional_config or {}).items() if v is not None}
         if "batch_size" in extra:
@@ -205,7 +190,7 @@ class EnsembleLM(LM):
         return {
             "ensemble_strategy": self.ensemble.strategy.name,
             "ensemble_shared_vocabulary": self.ensemble.shared_vocabulary,
-            "ensemble_members": [describe(m) for m in self.members],
+            "ensemble_members": [describe(m, w) for m, w in zip(self.members, self.ensemble.weights)],
             "model_num_parameters": sum(p.numel() for m in self.members for p in m.model.parameters()),
         }
 
@@ -244,37 +229,39 @@ class EnsembleLM(LM):
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         args = [req.args for req in requests]
-        groups: dict[str, list[int]] = {}
-        for i, (_, gen_kwargs) in enumerate(args):
-            groups.setdefault(json.dumps(gen_kwargs, sort_keys=True, default=str), []).append(i)
-        # Every group's kwargs are checked before the first token is spent.
-        options_of = [self._generation_options(args[indices[0]][1]) for indices in groups.values()]
-        texts: list[str | None] = [None] * len(args)
+        # lm-eval's batching: one group per distinct gen_kwargs, longest prompt first within a group (a
+        # slow batch shows early), in batches of batch_size; every group is checked before any token.
+        batches = Collator(
+            args, sort_fn=lambda a: (-len(self.encoders[0].encode_prompt(a[0])), a[0]), group_by="gen_kwargs"
+        )
+        settings = {_kwargs_key(kwargs): self._generation_settings(kwargs) for _, kwargs in args}
+        texts = []
         bar = tqdm(total=len(args), desc="mixens generate_until", disable=disable_tqdm)
-        for group_index, (indices, options) in enumerate(zip(groups.values(), options_of)):
-            # Longest first, like lm-eval's HF model: the same batches, and a slow batch shows early.
-            lengths = {i: len(self.encoders[0].encode_prompt(args[i][0])) for i in indices}
-            indices = sorted(indices, key=lambda i: (-lengths[i], args[i][0]))
-            for batch_index, start in enumerate(range(0, len(indices), self.batch_size)):
-                chunk = indices[start : start + self.batch_size]
-                result = self.ensemble.generate(
-                    [args[i][0] for i in chunk],
-                    **options,
-                    # decode_batch numbers its random streams per call; a seed per batch keeps batches independent
-                    seed=_batch_seed(self.seed, group_index, batch_index),
-                    batch_size=len(chunk),
-                    progress=False,
-                )
-                self.speed_stats.add(result.stats)
-                for i, text in zip(chunk, result.texts):
-                    texts[i] = text
-                    self.cache_hook.add_partial("generate_until", args[i], text)
-                bar.update(len(chunk))
+        group_index, batch_index, previous = -1, 0, None
+        for chunk in batches.get_batched(n=self.batch_size):
+            key = _kwargs_key(chunk[0][1])
+            group_index, batch_index = (group_index + 1, 0) if key != previous else (group_index, batch_index + 1)
+            previous = key
+            sampling, max_new_tokens, until = settings[key]
+            chunk_texts, stats = self.ensemble.decode(
+                [prompt for prompt, _ in chunk],
+                [until] * len(chunk),
+                sampling,
+                max_new_tokens,
+                # one seed per batch of each group: the random streams of every batch are independent
+                seed=_batch_seed(self.seed, group_index, batch_index),
+            )
+            self.speed_stats.add(stats)
+            for request, text in zip(chunk, chunk_texts):
+                self.cache_hook.add_partial("generate_until", request, text)
+            texts.extend(chunk_texts)
+            bar.update(len(chunk))
         bar.close()
-        return texts
+        return batches.get_original(texts)
 
-    def _generation_options(self, gen_kwargs: dict) -> dict:
-        """lm-eval's generation kwargs as Ensemble.generate arguments; unknown keys are an error, not ignored."""
+    def _generation_settings(self, gen_kwargs: dict) -> tuple[Sampling, int, tuple[str, ...]]:
+        """lm-eval's generation kwargs as (sampling, max new tokens, stop strings); unknown keys are an
+        error, not ignored."""
         if not isinstance(gen_kwargs, dict):
             raise ConfigError(f"generation kwargs must be a dict, got {type(gen_kwargs).__name__}.")
         unknown = sorted(set(gen_kwargs) - set(GEN_KWARGS))
@@ -284,32 +271,30 @@ class EnsembleLM(LM):
                 "remove them from the task's generation_kwargs or --gen_kwargs."
             )
         until = gen_kwargs.get("until")
-        until = [until] if isinstance(until, str) else list(until or [])
-        if not all(isinstance(s, str) for s in until):
-            raise ConfigError(f"until must be a string or a list of strings, got {gen_kwargs.get('until')!r}.")
+        if not (until is None or isinstance(until, str) or all(isinstance(s, str) for s in until)):
+            raise ConfigError(f"until must be a string or a list of strings, got {until!r}.")
+        # lm-eval's own rules for the max-token aliases and the stop list
+        normalized = normalize_gen_kwargs({**gen_kwargs, "until": list(until) if until else []}, self.max_gen_toks)
+        stops = normalized["until"]
         for eos in self._eos_texts():  # as lm-eval's HF model does: EOS text is always a stop string
-            if eos not in until:
-                until.append(eos)
-        given = [gen_kwargs[k] for k in MAX_TOKEN_KEYS if gen_kwargs.get(k) is not None]
-        max_new_tokens = int(given[0]) if given else self.max_gen_toks
+            stops = handle_stop_sequences(stops, eos)
+        # Sampling as transformers reads it: do_sample unset means sampling iff temperature > 0, and a
+        # sampler with no temperature samples at 1 (lm-eval's normaliser would make that greedy).
         temperature = gen_kwargs.get("temperature")
         do_sample = gen_kwargs.get("do_sample")
-        if do_sample is None:  # lm-eval's rule: a positive temperature means sampling
+        if do_sample is None:
             do_sample = temperature is not None and float(temperature) > 0
-        if temperature is None:
-            temperature = 1.0  # transformers' default when sampling
-        greedy = not do_sample or float(temperature) == 0.0
-        top_k = gen_kwargs.get("top_k")
-        top_p = gen_kwargs.get("top_p")
-        options = {
-            "max_new_tokens": max_new_tokens,
-            "do_sample": not greedy,
-            "temperature": 1.0 if greedy else float(temperature),
-            "top_k": int(top_k) if top_k is not None else 0,
-            "top_p": float(top_p) if top_p is not None else 1.0,
-        }
-        GenerationOptions(**options)  # the core's checks, before any group runs
-        return {**options, "until": until}
+        greedy = not do_sample or (temperature is not None and float(temperature) == 0.0)
+        top_k, top_p = gen_kwargs.get("top_k"), gen_kwargs.get("top_p")
+        sampling = Sampling(
+            do_sample=not greedy,
+            temperature=1.0 if greedy or temperature is None else float(temperature),
+            top_k=int(top_k) if top_k is not None else 0,
+            top_p=float(top_p) if top_p is not None else 1.0,
+        )
+        max_new_tokens = normalized["max_gen_toks"]
+        check_decoding_budget(max_new_tokens, self.seed)
+        return sampling, max_new_tokens, tuple(stops)
 
     def _eos_texts(self) -> list[str]:
         texts = []
@@ -340,21 +325,20 @@ class EnsembleLM(LM):
 
     def _score(self, pieces, what: str, disable_tqdm: bool) -> list[tuple[float, bool]]:
         return mixture_scores(
-            self.members, self.ensemble.shared_vocabulary, pieces, self.batch_size, f"mixens {what}", disable_tqdm
+            self.members,
+            self.ensemble.weights,
+            self.ensemble.shared_vocabulary,
+            pieces,
+            self.batch_size,
+            f"mixens {what}",
+            disable_tqdm,
         )
-
-
-_ALLOWED_ARGS = {
-    "models", *PER_MEMBER_ARGS, "strategy", "member", "draw", "union_top_k",
-    "policy", "designated", "threshold", "criterion", "handover", "router_path",
-    "batch_size", "seed", "max_gen_toks", "max_length",
-}  # fmt: skip
 
 
 # ---------------------------------------------------------------------- model_args
 
 
-def _member_specs(models, weights, names, dtype, device, revision, chat_template, trust_remote_code) -> list[dict]:
+def _member_specs(models, *, weights, names, dtype, device, revision, chat_template, trust_remote_code) -> list[dict]:
     paths = _items(models)
     if not paths:
         raise ConfigError("models is missing: give model paths separated by '|', e.g. models=org/a|./b.")
@@ -433,6 +417,10 @@ def _available_or_auto(device: str) -> str:
         log.warning("%s Using 'auto' instead.", err)
         return "auto"
     return device
+
+
+def _kwargs_key(gen_kwargs) -> str:
+    return json.dumps(gen_kwargs, sort_keys=True, default=str)
 
 
 def _batch_seed(seed: int, group: int, batch: int) -> int:

@@ -32,12 +32,13 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm.auto import tqdm
 from transformers import DynamicCache
 
+from mixens.errors import ConfigError
 from mixens.members import Member
-from mixens.spec import ConfigError
 
 
 def mixture_scores(
     members: Sequence[Member],
+    member_weights: Sequence[float],
     shared_vocabulary: bool,
     pieces: list[list[list[tuple[list[int], list[int]]]]],
     batch_size: int,
@@ -46,7 +47,7 @@ def mixture_scores(
 ) -> list[tuple[float, bool]]:
     """(log-likelihood, is_greedy) of each request from its pieces: pieces[member][request] = [(context, tokens)],
     a request's pieces being its rolling windows or its one (context, continuation) pair."""
-    active = [i for i, m in enumerate(members) if m.weight > 0]
+    active = [i for i, w in enumerate(member_weights) if w > 0]
     n_requests = len(pieces[0])
     token_level = [
         shared_vocabulary and all([c for _, c in pieces[i][r]] == [c for _, c in pieces[active[0]][r]] for i in active)
@@ -74,7 +75,7 @@ def mixture_scores(
     for member_index, items in jobs:
         chosen = active if member_index is None else [member_index]
         scoring = [members[i] for i in chosen]
-        weights = [m.weight for m in scoring] if member_index is None else [1.0]
+        weights = [member_weights[i] for i in chosen] if member_index is None else [1.0]
         scores = score_pieces(scoring, weights, [piece for _, piece in items], batch_size, bar)
         for (r, _), (logp, greedy) in zip(items, scores):
             slot = totals[r] if member_index is None else per_member[r][member_index]
@@ -82,7 +83,7 @@ def mixture_scores(
             slot[1] = slot[1] and greedy
     bar.close()
 
-    weights = [members[i].weight for i in active]
+    weights = [member_weights[i] for i in active]
     return [
         tuple(totals[r]) if token_level[r] else sequence_mixture([per_member[r][i] for i in active], weights)
         for r in range(n_requests)

@@ -7,19 +7,19 @@ from dataclasses import dataclass
 
 import torch
 
-from mixens.spec import ConfigError, ModelSpec
+from mixens.errors import ConfigError
+from mixens.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class Member:
-    """A loaded model with its tokenizer, its weight in the ensemble and its stop tokens."""
+    """A loaded model with its tokenizer and its stop tokens (its weight belongs to the ensemble)."""
 
     spec: ModelSpec
     model: torch.nn.Module
     tokenizer: object
-    weight: float
     device: torch.device
     eos_ids: frozenset[int]
 
@@ -85,7 +85,7 @@ def _check_remote_code(source: str, spec: ModelSpec, index: int) -> None:
         raise
 
 
-def load_member(spec: ModelSpec, weight: float, index: int) -> Member:
+def load_member(spec: ModelSpec, index: int) -> Member:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     device = resolve_device(spec.device)
@@ -98,7 +98,7 @@ def load_member(spec: ModelSpec, weight: float, index: int) -> Member:
         source, revision=spec.revision, dtype=dtype, trust_remote_code=spec.trust_remote_code
     )
     model.to(device).eval()
-    return Member(spec, model, tokenizer, weight, device, frozenset(eos_token_ids(model, tokenizer)))
+    return Member(spec, model, tokenizer, device, frozenset(eos_token_ids(model, tokenizer)))
 
 
 def eos_token_ids(model, tokenizer) -> set[int]:
@@ -112,12 +112,12 @@ def eos_token_ids(model, tokenizer) -> set[int]:
     return ids
 
 
-def describe(member: Member) -> dict:
-    """A small JSON-able summary of a loaded member for results files."""
+def describe(member: Member, weight: float) -> dict:
+    """A small JSON-able summary of a loaded member and its ensemble weight, for results files."""
     return {
         "name": member.name,
         "path": member.spec.path,
-        "weight": member.weight,
+        "weight": weight,
         "device": str(member.device),
         "dtype": str(next(member.model.parameters()).dtype).replace("torch.", ""),
         "parameters": sum(p.numel() for p in member.model.parameters()),

@@ -15,7 +15,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from mixens.spec import ConfigError
+from mixens.errors import ConfigError
 
 PACKAGED = "packaged"
 # Bump when the packaged mirror gains or changes a dataset, so an older cached mirror is not reused.

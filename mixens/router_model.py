@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from mixens.spec import ConfigError
+from mixens.errors import ConfigError
 
 FORMAT = "mixens-router/1"
 
@@ -113,15 +113,13 @@ def save_router(path: str | Path, router: TrainedRouter) -> Path:
 def load_router(path: str | Path) -> TrainedRouter:
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(
-            f"ensemble.router_path '{path}' does not exist; train a router with `python -m mixens.train_router`."
-        )
+        raise ConfigError(f"router_path '{path}' does not exist; train a router with `python -m mixens.train_router`.")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle, zip and torch errors all mean "not a router file"
-        raise ConfigError(f"ensemble.router_path '{path}' is not a mixens router file ({err}).") from None
+        raise ConfigError(f"router_path '{path}' is not a mixens router file ({err}).") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ConfigError(f"ensemble.router_path '{path}' is not a mixens router file (expected format {FORMAT}).")
+        raise ConfigError(f"router_path '{path}' is not a mixens router file (expected format {FORMAT}).")
     classifier = RouterClassifier(payload["n_features"], payload["n_members"], payload["hidden_units"])
     classifier.load_state_dict(payload["state_dict"])
     return TrainedRouter(classifier.eval(), payload["members"], payload["designated"], payload.get("info", {}))

@@ -6,13 +6,35 @@ from dataclasses import dataclass
 
 import torch
 
+from mixens.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class Sampling:
+    """How each member's distribution is transformed (F) and whether tokens are drawn or argmaxed."""
+
     do_sample: bool = True
     temperature: float = 1.0
-    top_k: int = 0
+    top_k: int = 0  # 0: off
     top_p: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.do_sample and not self.temperature > 0:
+            raise ConfigError(
+                f"temperature must be > 0 when sampling, got {self.temperature!r}; use do_sample=False for greedy."
+            )
+        if not isinstance(self.top_k, int) or isinstance(self.top_k, bool) or self.top_k < 0:
+            raise ConfigError(f"top_k must be an integer >= 0 (0 turns it off), got {self.top_k!r}.")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}.")
+
+
+def check_decoding_budget(max_new_tokens: int, seed: int) -> None:
+    """The per-call settings beside Sampling: how many tokens, which random streams."""
+    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
+        raise ConfigError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}.")
+    if not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"seed must be an integer >= 0, got {seed!r}.")
 
 
 def transformed_probs(logits: torch.Tensor, sampling: Sampling) -> torch.Tensor:

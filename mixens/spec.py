@@ -12,13 +12,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-STRATEGIES = ("mixture", "averaging", "averaging_topk_union", "single", "router")
+from mixens.errors import ConfigError
+
 DTYPES = ("auto", "float32", "float16", "bfloat16", "float64")  # float64: exact numerical checks
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-
-
-class ConfigError(ValueError):
-    """Bad user input; the message names the field and the fix."""
 
 
 @dataclass(frozen=True)
@@ -58,17 +55,18 @@ class ModelSpec:
         return cls(**values)
 
 
-def normalized_weights(specs: Sequence[ModelSpec]) -> list[float]:
+def normalized_weights(weights: Sequence[float], names: Sequence[str] | None = None) -> list[float]:
     """Weights scaled to sum to one; rejects negative, NaN and all-zero weights."""
-    for i, spec in enumerate(specs):
-        if math.isnan(spec.weight) or math.isinf(spec.weight):
-            raise ConfigError(f"models[{i}].weight ({spec.name}) is {spec.weight}; give a finite number >= 0.")
-        if spec.weight < 0:
-            raise ConfigError(f"models[{i}].weight ({spec.name}) is negative ({spec.weight}); weights must be >= 0.")
-    largest = max(spec.weight for spec in specs)
+    names = list(names) if names is not None else [str(i) for i in range(len(weights))]
+    for i, (weight, name) in enumerate(zip(weights, names)):
+        if math.isnan(weight) or math.isinf(weight):
+            raise ConfigError(f"models[{i}].weight ({name}) is {weight}; give a finite number >= 0.")
+        if weight < 0:
+            raise ConfigError(f"models[{i}].weight ({name}) is negative ({weight}); weights must be >= 0.")
+    largest = max(weights)
     if largest <= 0:
         raise ConfigError("models[*].weight are all zero; give at least one member a positive weight.")
-    scaled = [spec.weight / largest for spec in specs]  # first to at most 1, so that the sum cannot overflow
+    scaled = [w / largest for w in weights]  # first to at most 1, so that the sum cannot overflow
     return [w / sum(scaled) for w in scaled]
 
 
@@ -134,41 +132,15 @@ def _in_hub_cache(repo_id: str, revision: str | None) -> bool:
     return isinstance(found, str)
 
 
-@dataclass
-class GenerationOptions:
-    """Per-call decoding settings, validated in one place."""
-
-    max_new_tokens: int
-    do_sample: bool = True
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
-            raise ConfigError(f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}.")
-        if self.do_sample and not self.temperature > 0:
-            raise ConfigError(
-                f"temperature must be > 0 when sampling, got {self.temperature!r}; use do_sample=False for greedy."
-            )
-        if not isinstance(self.top_k, int) or isinstance(self.top_k, bool) or self.top_k < 0:
-            raise ConfigError(f"top_k must be an integer >= 0 (0 turns it off), got {self.top_k!r}.")
-        if not 0 < self.top_p <= 1:
-            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}.")
-
-
-def validate_ensemble_request(specs: Sequence[ModelSpec], strategy: str) -> None:
-    """All checks that need no weights: names, weights, paths, devices, strategy."""
-    if strategy not in STRATEGIES:
-        raise ConfigError(f"strategy '{strategy}' is unknown; choose one of {', '.join(STRATEGIES)}.")
+def validate_members(specs: Sequence[ModelSpec]) -> None:
+    """All checks of the members that need no weights: names, weights, dtypes, devices, paths."""
     if not specs:
         raise ConfigError("models is empty; give at least one model.")
     names = [spec.name for spec in specs]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise ConfigError(f"models[*].name must be unique; {dupes} appear more than once.")
-    normalized_weights(specs)
+    normalized_weights([s.weight for s in specs], names)
     for i, spec in enumerate(specs):
         if spec.dtype not in DTYPES:
             raise ConfigError(f"models[{i}].dtype '{spec.dtype}' is unknown; choose one of {', '.join(DTYPES)}.")

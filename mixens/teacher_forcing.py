@@ -14,20 +14,26 @@ between strategies (argmax of the average vs. argmax of the member drawn).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
-from mixens.decoding import GenerationStats, decode_batch
+from mixens.decoding import Decoder, GenerationStats, Step
 from mixens.ensemble import Ensemble
 from mixens.sampling import Sampling
-from mixens.strategies import MemberOutputs
 
 UNTRANSFORMED = Sampling(do_sample=True, temperature=1.0)  # F is the identity: each member's own P
 
-# observe(outputs, rows, targets): the members' outputs at one step, the rows scored, their reference ids
-Observer = Callable[[MemberOutputs, list[int], list[int]], None]
+
+@dataclass
+class ForcedStep:
+    """One step of teacher forcing: what the ensemble computed, and the rows whose reference it scores."""
+
+    step: Step
+    rows: list[int]  # rows of the batch still inside their reference
+    targets: list[int]  # the reference id of each of those rows
+    documents: list[int]  # the index of each of those rows among all the prompts
 
 
 @dataclass
@@ -69,6 +75,40 @@ def end_of_sequence(ensemble: Ensemble) -> int:
     return first if first in vocab.eos_ids else min(vocab.eos_ids)
 
 
+class TeacherForcing:
+    """The references fed after their prompts, batch by batch: iterating gives one ForcedStep per step;
+    `stats` then holds the work and time of every batch."""
+
+    def __init__(
+        self,
+        ensemble: Ensemble,
+        prompts: Sequence[str],
+        references: Sequence[str],
+        *,
+        batch_size: int = 8,
+        seed: int = 0,
+    ):
+        if len(prompts) != len(references):
+            raise ValueError(f"{len(prompts)} prompts but {len(references)} references; give one reference per prompt")
+        self.ensemble, self.prompts, self.references = ensemble, list(prompts), list(references)
+        self.batch_size, self.seed = batch_size, seed
+        self.stats = GenerationStats()
+
+    def __iter__(self) -> Iterator[ForcedStep]:
+        for batch_index, start in enumerate(range(0, len(self.prompts), self.batch_size)):
+            refs = [reference_ids(self.ensemble, r) for r in self.references[start : start + self.batch_size]]
+            prompts = self.prompts[start : start + self.batch_size]
+            decoder = Decoder(self.ensemble, prompts, [()] * len(refs), UNTRANSFORMED, self.seed, batch_index)
+            for position in range(max(len(r) for r in refs)):
+                step = decoder.step()
+                rows = [b for b in range(len(refs)) if step.active[b] and position < len(refs[b])]
+                yield ForcedStep(step, rows, [refs[b][position] for b in rows], [start + b for b in rows])
+                decoder.append([r[position] if position < len(r) else r[-1] for r in refs])
+                if decoder.done:
+                    break
+            self.stats.add(decoder.stats)
+
+
 def teacher_force(
     ensemble: Ensemble,
     prompts: Sequence[str],
@@ -76,39 +116,18 @@ def teacher_force(
     *,
     batch_size: int = 8,
     seed: int = 0,
-    observe: Observer | None = None,
 ) -> ForcedScores:
     """Score every reference after its prompt with the ensemble's strategy."""
-    if len(prompts) != len(references):
-        raise ValueError(f"{len(prompts)} prompts but {len(references)} references; give one reference per prompt")
+    forcing = TeacherForcing(ensemble, prompts, references, batch_size=batch_size, seed=seed)
     scores = ForcedScores()
-    for batch_index, start in enumerate(range(0, len(prompts), batch_size)):
-        batch_refs = [reference_ids(ensemble, r) for r in references[start : start + batch_size]]
-
-        def choose(step: int, dist: torch.Tensor, outputs: MemberOutputs, active: torch.Tensor) -> list[int]:
-            rows = [b for b in range(len(batch_refs)) if active[b] and step < len(batch_refs[b])]
-            targets = [batch_refs[b][step] for b in rows]
-            if rows:
-                index = torch.tensor(rows, device=dist.device)
-                picked = dist[index, torch.tensor(targets, device=dist.device)]
-                hits = dist[index].argmax(dim=-1).cpu() == torch.tensor(targets)
-                scores.reference_probs.extend(picked.double().cpu().tolist())
-                scores.greedy_hits.extend(hits.tolist())
-                if observe is not None:
-                    observe(outputs, rows, targets)
-            return [refs[step] if step < len(refs) else refs[-1] for refs in batch_refs]
-
-        _, stats = decode_batch(
-            ensemble.members,
-            ensemble.vocab,
-            ensemble.strategy,
-            list(prompts[start : start + batch_size]),
-            [()] * len(batch_refs),
-            UNTRANSFORMED,
-            max(len(r) for r in batch_refs),
-            seed,
-            batch_index,
-            choose=choose,
-        )
-        scores.stats.add(stats)
+    for forced in forcing:
+        if not forced.rows:
+            continue
+        dist = forced.step.dist
+        index = torch.tensor(forced.rows, device=dist.device)
+        picked = dist[index, torch.tensor(forced.targets, device=dist.device)]
+        hits = dist[index].argmax(dim=-1).cpu() == torch.tensor(forced.targets)
+        scores.reference_probs.extend(picked.double().cpu().tolist())
+        scores.greedy_hits.extend(hits.tolist())
+    scores.stats = forcing.stats
     return scores

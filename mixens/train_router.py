@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 
 from mixens.ensemble import Ensemble, load_ensemble
+from mixens.errors import ConfigError
 from mixens.router_model import TrainedRouter, save_router, step_features, train_classifier
-from mixens.spec import ConfigError
 from mixens.strategies.averaging import Averaging
-from mixens.teacher_forcing import teacher_force
+from mixens.teacher_forcing import TeacherForcing
 
 _CALCULATOR = re.compile(r"<<[^>]*>>")  # GSM8K's calculator annotations are not part of the prose
 
@@ -78,29 +78,21 @@ def collect_steps(
     ensemble: Ensemble, designated: int, pairs: Sequence[tuple[str, str]], *, batch_size: int = 8, seed: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Features [N, H+2], labels [N] (the better member) and the document of each step [N]."""
+    every_member = ensemble.with_strategy(_AllMembersWithFeatures(len(ensemble.members), designated))
+    prompts, references = [p for p, _ in pairs], [r for _, r in pairs]
     features, labels, documents = [], [], []
-    batch_of = {}  # "start": the document index of the current batch's first row
-
-    def observe(outputs, rows, targets):
-        index, target = torch.tensor(rows), torch.tensor(targets)
+    for forced in TeacherForcing(every_member, prompts, references, batch_size=batch_size, seed=seed):
+        if not forced.rows:
+            continue
+        outputs = forced.step.outputs
+        index, target = torch.tensor(forced.rows), torch.tensor(forced.targets)
         feats = step_features(outputs.hidden(designated).cpu()[index], outputs.raw(designated).cpu()[index])
         probs = torch.stack([outputs.raw(i).cpu()[index, target].double() for i in range(len(ensemble.members))], dim=1)
         best = probs.argmax(dim=1)
         best[probs[:, designated] >= probs.max(dim=1).values] = designated  # ties: the member already running
         features.append(feats)
         labels.append(best)
-        documents.append(torch.tensor([batch_of["start"] + r for r in rows]))
-
-    saved = ensemble.strategy
-    ensemble.strategy = _AllMembersWithFeatures(len(ensemble.members), designated)
-    try:
-        for start in range(0, len(pairs), batch_size):
-            batch_of["start"] = start
-            chunk = pairs[start : start + batch_size]
-            prompts, references = [p for p, _ in chunk], [r for _, r in chunk]
-            teacher_force(ensemble, prompts, references, batch_size=batch_size, seed=seed, observe=observe)
-    finally:
-        ensemble.strategy = saved
+        documents.append(torch.tensor(forced.documents))
     return torch.cat(features), torch.cat(labels), torch.cat(documents)
 
 

@@ -12,7 +12,7 @@ import contextlib
 import json
 from pathlib import Path
 
-from mixens.spec import ConfigError
+from mixens.errors import ConfigError
 
 MODES = ("offline", "online", "disabled")
 SAMPLE_COLUMNS = ["task", "doc_id", "prompt", "output", "extracted", "target", "correct"]

@@ -16,7 +16,7 @@ from wandb_records import offline_run
 
 from mixens.cli import CONF_DIR
 from mixens.config import validate_run
-from mixens.spec import ConfigError
+from mixens.errors import ConfigError
 
 
 def composed(*overrides: str):
@@ -35,8 +35,9 @@ def test_default_compares_the_packaged_pair_alone_averaged_and_mixed_under_sampl
     assert cfg.benchmark.do_sample is True and cfg.benchmark.temperature == 1.0 and cfg.benchmark.top_k == 5
     assert cfg.benchmark.member_chat_templates is False  # few-shot completion prompts
     assert cfg.data.hub_mirror == "packaged"
-    specs = validate_run(cfg)
-    assert [s.chat_template for s in specs] == [False, False]
+    plan = validate_run(cfg)
+    assert [s.chat_template for s in plan.specs] == [False, False]
+    assert plan.strategy.name == "mixture"
 
 
 @pytest.mark.slow
@@ -62,7 +63,7 @@ def test_the_default_run_reduced_to_a_few_problems_prints_and_records_its_compar
 
 def test_several_models_weights_and_strategy():
     cfg = composed(
-        "models=[qwen2.5-3b-instruct,qwen2.5-math-1.5b-instruct]",
+        "models=[qwen2_5-3b-instruct,qwen2_5-math-1_5b-instruct]",
         "models.qwen2_5-3b-instruct.weight=0.7",
         "ensemble=averaging",
         "benchmark=mmlu_paper",
@@ -257,3 +258,33 @@ def test_a_relative_model_folder_loads_from_where_the_user_is_with_a_data_mirror
     missing = subprocess.run([*args[:4], "+models.mine={name:mine,path:models/other,weight:1.0}", *args[5:]],
                              cwd=tmp_path, capture_output=True, text=True, timeout=600)  # fmt: skip
     assert missing.returncode == 2 and "models/other" in missing.stderr and "Loading weights" not in missing.stderr
+
+
+def test_a_config_holds_only_its_strategys_options_and_its_job_key_only_what_it_runs(tmp_path):
+    """Changing a router default moves no mixture job to another folder, so skip_existing still finds it."""
+    import shutil
+
+    from mixens.config import job_key
+
+    def key_and_ensemble(conf_dir, *overrides):
+        with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+            cfg = compose(config_name="config", overrides=list(overrides))
+        return job_key(_root_=cfg), OmegaConf.to_container(cfg.ensemble)
+
+    changed = tmp_path / "conf"
+    shutil.copytree(CONF_DIR, changed)
+    router = changed / "ensemble" / "router.yaml"
+    router.write_text(router.read_text().replace("threshold: 0.5", "threshold: 0.7"))
+    key, ensemble = key_and_ensemble(CONF_DIR, "ensemble=mixture")
+    assert ensemble == {"strategy": "mixture", "options": {"draw": "batch"}}  # no router option recorded
+    assert key_and_ensemble(changed, "ensemble=mixture") == (key, ensemble)
+    # ... while the router job whose default changed does move, and so does a changed mixture option.
+    assert key_and_ensemble(changed, "ensemble=router")[0] != key_and_ensemble(CONF_DIR, "ensemble=router")[0]
+    assert key_and_ensemble(CONF_DIR, "ensemble=mixture", "ensemble.options.draw=sequence")[0] != key
+
+
+def test_a_strategy_option_it_does_not_have_is_one_clear_error():
+    with pytest.raises(ConfigError, match=r"strategy 'averaging' has no option \['threshold'\]"):
+        validate_run(composed("ensemble=averaging", "+ensemble.options.threshold=0.3"))
+    with pytest.raises(ConfigError, match="threshold 1.5 is out of range"):
+        validate_run(composed("ensemble=router", "ensemble.options.threshold=1.5"))

@@ -82,7 +82,7 @@ def test_the_sweep_expands_to_the_tables_jobs(name, monkeypatch):
     seen = {"strategy": set(), "task": set(), "top_k": set(), "seed": set(), "member": set()}
     for job in picked:
         cfg = job_config(name, job)
-        specs = validate_run(cfg)
+        specs = validate_run(cfg).specs
         assert [s.name for s in specs] == models
         bench = cfg.benchmark
         assert bench.do_sample is True and bench.temperature == 1.0  # the paper samples
@@ -94,7 +94,7 @@ def test_the_sweep_expands_to_the_tables_jobs(name, monkeypatch):
         seen["task"].add(bench.name)
         seen["top_k"].add(bench.top_k)
         seen["seed"].add(cfg.seed)
-        seen["member"].add(cfg.ensemble.member)
+        seen["member"].add(cfg.ensemble.options.get("member"))
     assert seen["strategy"] <= strategies and seen["task"] <= tasks
     assert seen["top_k"] <= top_ks and seen["seed"] <= seeds
     if len(picked) == len(jobs):
@@ -106,7 +106,7 @@ def test_the_sweep_expands_to_the_tables_jobs(name, monkeypatch):
 def test_the_sweep_values_cover_the_grid():
     """From the overrides alone (no composing): each grid value appears in the right number of jobs."""
     jobs = sweep_jobs("paper_hetero_single")
-    members = [o.split("=", 1)[1] for job in jobs for o in job if o.startswith("ensemble.member=")]
+    members = [o.split("=", 1)[1] for job in jobs for o in job if o.startswith("ensemble.options.member=")]
     assert sorted(set(members)) == sorted(HETERO) and all(members.count(m) == 40 for m in HETERO)
     jobs = sweep_jobs("paper_qwen")
     tasks = [o.split("=", 1)[1] for job in jobs for o in job if o.startswith("benchmark=")]

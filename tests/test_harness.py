@@ -28,8 +28,8 @@ from lm_eval.tasks import TaskManager
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import mixens
+from mixens.errors import ConfigError
 from mixens.harness import EnsembleLM
-from mixens.spec import ConfigError
 from mixens.tasks import TASKS_DIR
 
 REL = 5e-7  # 4 float32 epsilons
@@ -346,7 +346,8 @@ def test_create_from_arg_string_builds_a_working_ensemble(tiny_models):
     # lm-eval's own --batch_size/--device: the batch size applies, the device in model_args wins.
     lm_eval_options = {"batch_size": "2", "device": "cuda:7", "max_batch_size": None}
     lm = get_model("mixens").create_from_arg_string(args, lm_eval_options)
-    assert [(m.name, m.weight, str(m.device)) for m in lm.members] == [("x", 0.6, "cpu"), ("y", 0.4, "cpu")]
+    assert [(m.name, str(m.device)) for m in lm.members] == [("x", "cpu"), ("y", "cpu")]
+    assert lm.ensemble.weights == pytest.approx((0.6, 0.4))
     assert (lm.ensemble.strategy.name, lm.batch_size, lm.seed, lm.max_gen_toks) == ("averaging", 2, 3, 5)
     [text] = lm.generate_until([Instance("generate_until", {}, ("The capital of", {"do_sample": False}), 0)])
     assert isinstance(text, str) and lm.speed_stats.tokens_generated <= 5

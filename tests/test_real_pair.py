@@ -24,7 +24,7 @@ def pair():
         {"name": "gemma3", "path": "packaged:gemma-3-270m", "weight": 0.5, "device": "cpu"},
     ]
     loaded = {s: mixens.load_ensemble(models, s) for s in ("mixture",)}
-    loaded["averaging"] = mixens.Ensemble(loaded["mixture"].members, mixens.ensemble.make_strategy("averaging", 2))
+    loaded["averaging"] = loaded["mixture"].with_strategy("averaging")
     return loaded
 
 

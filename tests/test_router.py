@@ -17,10 +17,9 @@ from conftest import HUB_FIXTURE, REPO, spec
 
 import mixens
 from mixens.ensemble import Ensemble
+from mixens.errors import ConfigError
 from mixens.router_model import TrainedRouter, load_router, save_router, train_classifier
-from mixens.spec import ConfigError
-from mixens.strategies import make_strategy
-from mixens.strategies.router import router_options
+from mixens.strategies import build_strategy
 from mixens.teacher_forcing import teacher_force
 
 PROMPTS = ["The capital of France is", "Question: what is 12 + 30?\nAnswer:", "Hi", "def add(a, b):"]
@@ -44,10 +43,7 @@ def pairs(tiny_models):
 
 
 def with_strategy(ensemble: Ensemble, strategy: str, **options) -> Ensemble:
-    names = [m.name for m in ensemble.members]
-    if strategy == "router":
-        options = router_options(names, **options)
-    return Ensemble(ensemble.members, make_strategy(strategy, len(names), **options), batch_size=4)
+    return ensemble.with_strategy(strategy, **options)
 
 
 def runs(result, member: str) -> int:
@@ -72,7 +68,7 @@ def test_random_router_equals_mixture_for_the_same_seed(pairs, vocab, draw):
 def test_confidence_threshold_zero_is_the_designated_member_alone(pairs, vocab):
     ensemble = pairs[vocab]
     other = ensemble.members[1].name
-    alone = with_strategy(ensemble, "single", member=1).generate(PROMPTS, **SAMPLED)
+    alone = with_strategy(ensemble, "single", member=other).generate(PROMPTS, **SAMPLED)
     cascade = with_strategy(ensemble, "router", policy="confidence", designated=other, threshold=0.0)
     got = cascade.generate(PROMPTS, **SAMPLED)
     assert got.texts == alone.texts
@@ -86,7 +82,7 @@ def test_confidence_threshold_one_always_hands_over(pairs, vocab):
     second = ensemble.members[1].name
     cascade = with_strategy(ensemble, "router", policy="confidence", threshold=1.0, handover=second)
     got = cascade.generate(PROMPTS, **SAMPLED)
-    alone = with_strategy(ensemble, "single", member=1).generate(PROMPTS, **SAMPLED)
+    alone = with_strategy(ensemble, "single", member=second).generate(PROMPTS, **SAMPLED)
     assert got.texts == alone.texts  # every token written by the handover member
     assert runs(got, "a") == runs(got, second) == got.stats.tokens_generated  # both ran at every step
     assert got.stats.as_dict()["member_runs_per_token"] == 2.0
@@ -167,10 +163,10 @@ def test_learned_router_refuses_a_member_of_another_size(pairs, trained_router):
     config = copy.deepcopy(pairs["shared"].members[0].model.config)
     config.hidden_size = 32
     other_size = SimpleNamespace(name="a", weight=0.5, model=SimpleNamespace(config=config))
-    router = make_strategy("router", 2, **router_options(["a", "b"], policy="learned", router_path=str(trained_router)))
-    router.check_members(pairs["shared"].members)  # the members it was trained on pass
+    router = build_strategy("router", ["a", "b"], {"policy": "learned", "router_path": str(trained_router)})
+    router.check_members(pairs["shared"].members, (0.5, 0.5))  # the members it was trained on pass
     with pytest.raises(ConfigError, match="hidden size 64 .* has 32"):
-        router.check_members([other_size, pairs["shared"].members[1]])
+        router.check_members([other_size, pairs["shared"].members[1]], (0.5, 0.5))
 
 
 def test_teacher_forcing_counts_members_per_token(pairs):
@@ -186,10 +182,10 @@ def test_teacher_forcing_counts_members_per_token(pairs):
 @pytest.mark.parametrize(
     "options,message",
     [
-        ({"policy": "oracle"}, "ensemble.policy 'oracle' is unknown"),
+        ({"policy": "oracle"}, "policy 'oracle' is unknown"),
         ({"policy": "learned", "router_path": "/no/such/router.pt"}, "does not exist"),
         ({"policy": "learned"}, "router_path is empty"),
-        ({"designated": "z"}, "ensemble.designated 'z' is not a selected model"),
+        ({"designated": "z"}, "designated 'z' is not a selected model"),
         ({"threshold": 1.5}, "threshold 1.5 is out of range"),
         ({"threshold": -0.1, "criterion": "entropy"}, "out of range for criterion entropy"),
         ({"handover": "a"}, "another member than the designated"),
@@ -206,13 +202,17 @@ def test_routers_run_through_the_cli_on_an_lm_eval_task(tiny_models, trained_rou
         f"+models.{n}={{name:{n},path:'{tiny_models[p]}',weight:1.0}}" for n, p in (("a", "bpe_a"), ("b", "bpe_b"))
     ]
     args = [sys.executable, "-m", "mixens", "-m", "models=[]", *added, "device=cpu", "batch_size=2"]
-    args += ["ensemble=router", "ensemble.policy=random,confidence,learned", f"ensemble.router_path={trained_router}"]
+    args += [
+        "ensemble=router",
+        "ensemble.options.policy=random,confidence,learned",
+        f"ensemble.options.router_path={trained_router}",
+    ]
     args += ["benchmark=gsm8k_paper", "benchmark.limit=2", "benchmark.max_gen_toks=6", f"hydra.sweep.dir={tmp_path}"]
     env = {**os.environ, "MIXENS_HUB_MIRROR": str(HUB_FIXTURE)}
     done = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     records = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("*/results.json"))]
-    assert sorted(r["config"]["ensemble"]["policy"] for r in records) == ["confidence", "learned", "random"]
+    assert sorted(r["config"]["ensemble"]["options"]["policy"] for r in records) == ["confidence", "learned", "random"]
     for record in records:
         assert "exact_match,extract" in record["metrics"]["gsm8k_paper"]
         assert record["speed"]["tokens_generated"] > 0 and record["speed"]["member_runs_per_token"] >= 1.0
@@ -226,9 +226,13 @@ def test_a_relative_router_path_works_with_a_data_mirror_set(tiny_models, traine
         f"+models.{n}={{name:{n},path:'{tiny_models[p]}',weight:1.0}}" for n, p in (("a", "bpe_a"), ("b", "bpe_b"))
     ]
     args = [sys.executable, "-m", "mixens", "models=[]", *added, "device=cpu", "ensemble=router_learned",
-            "ensemble.router_path=routers/pair.pt", "benchmark=gsm8k_paper", "benchmark.limit=1",
+            "ensemble.options.router_path=routers/pair.pt", "benchmark=gsm8k_paper", "benchmark.limit=1",
             "benchmark.max_gen_toks=3", f"data.hub_mirror={HUB_FIXTURE}", "logger=none", f"hydra.run.dir={tmp_path}/run"]  # fmt: skip
     done = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     record = json.loads((tmp_path / "run" / "results.json").read_text())
-    assert record["config"]["ensemble"]["policy"] == "learned" and record["speed"]["tokens_generated"] > 0
+    assert record["config"]["ensemble"]["options"]["policy"] == "learned" and record["speed"]["tokens_generated"] > 0
+    wrong = [a.replace("routers/pair.pt", "routers/other.pt") for a in args]
+    missing = subprocess.run(wrong, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert missing.returncode == 2 and "routers/other.pt' does not exist" in missing.stderr
+    assert "Loading weights" not in missing.stderr

@@ -67,8 +67,8 @@ def sweep(tmp_path_factory) -> Path:
     configs = {
         "averaging_topk_union": run_config("ensemble=averaging_topk_union"),
         "mixture": run_config("ensemble=mixture"),
-        SMOL: run_config("ensemble=single", f"ensemble.member={SMOL}"),
-        GEMMA: run_config("ensemble=single", f"ensemble.member={GEMMA}"),
+        SMOL: run_config("ensemble=single", f"ensemble.options.member={SMOL}"),
+        GEMMA: run_config("ensemble=single", f"ensemble.options.member={GEMMA}"),
     }
     for name, config in configs.items():
         for seed, score in zip(SEEDS, SCORES[name]):
@@ -211,8 +211,8 @@ def test_the_command_summarises_a_paper_pool_beside_the_papers_numbers(tmp_path)
     runs = {
         "ce": (paper_pool_config("ensemble=averaging_topk_union"), (0.82, 0.84, 0.83)),
         "me": (paper_pool_config("ensemble=mixture"), (0.83, 0.83, 0.84)),
-        "qwen": (paper_pool_config("ensemble=single", f"ensemble.member={qwen}"), (0.79, 0.80, 0.78)),
-        "math": (paper_pool_config("ensemble=single", f"ensemble.member={math_}"), (0.78, 0.79, 0.80)),
+        "qwen": (paper_pool_config("ensemble=single", f"ensemble.options.member={qwen}"), (0.79, 0.80, 0.78)),
+        "math": (paper_pool_config("ensemble=single", f"ensemble.options.member={math_}"), (0.78, 0.79, 0.80)),
     }
     for name, (config, scores) in runs.items():
         for seed, score in zip(SEEDS, scores):

@@ -8,7 +8,6 @@ layer then cost what they cost with a real vocabulary of that size.
 
 from __future__ import annotations
 
-import dataclasses
 import random
 from dataclasses import dataclass
 
@@ -120,13 +119,7 @@ def build_member(name: str, shape_name: str, tokenizer, device: torch.device, dt
         raise ValueError(f"shape {shape_name} has a {shape.vocab}-token vocabulary, the tokenizer {len(tokenizer)}")
     model = random_model(shape, device, dtype, seed)
     spec = ModelSpec(name=name, path=f"random:{shape_name}", device=str(device))
-    return Member(spec, model, tokenizer, 1.0, device, frozenset())
-
-
-def with_weights(members: list[Member], weights: list[float]) -> list[Member]:
-    """The same loaded models under other ensemble weights (normalised to sum to one)."""
-    total = sum(weights)
-    return [dataclasses.replace(m, weight=w / total) for m, w in zip(members, weights)]
+    return Member(spec, model, tokenizer, device, frozenset())
 
 
 def fixed_length_prompts(tokenizer, count: int, length: int, seed: int = 0) -> list[str]:

@@ -18,11 +18,10 @@ from mixens.bench.members import (
     fixed_length_prompts,
     parameter_count,
     synthetic_tokenizer,
-    with_weights,
 )
 from mixens.bench.timing import machine_name, stopwatch
 from mixens.ensemble import Ensemble
-from mixens.strategies import make_strategy
+from mixens.strategies import build_strategy
 
 
 @dataclass
@@ -139,20 +138,20 @@ def _transformers_round(run: Run, member, prompts, config: StudyConfig, seed: in
 
 
 def _variants(members, weight_sets, compare_transformers: bool):
-    """(variant name, members with weights, strategy name or None for transformers, sampling)."""
+    """(variant name, members, their weights, strategy name or None for transformers, sampling)."""
     sample, greedy = {"do_sample": True}, {"do_sample": False}
     anchor = members[-1]  # the largest member: the one a single-model run would use
-    out = [("single", [anchor], "single", sample)]
+    out = [("single", [anchor], [1.0], "single", sample)]
     if compare_transformers:
         out += [
-            ("hf_generate", [anchor], None, sample),
-            ("single_greedy", [anchor], "single", greedy),
-            ("hf_generate_greedy", [anchor], None, greedy),
+            ("hf_generate", [anchor], [1.0], None, sample),
+            ("single_greedy", [anchor], [1.0], "single", greedy),
+            ("hf_generate_greedy", [anchor], [1.0], None, greedy),
         ]
-    out.append(("averaging", with_weights(members, weight_sets[0]), "averaging", sample))
+    out.append(("averaging", members, weight_sets[0], "averaging", sample))
     for weights in weight_sets:
         label = "mixture" if len(weight_sets) == 1 else "mixture@" + "/".join(f"{w:g}" for w in weights)
-        out.append((label, with_weights(members, weights), "mixture", sample))
+        out.append((label, members, weights, "mixture", sample))
     return out
 
 
@@ -161,11 +160,15 @@ def run_scenario(
 ) -> list[Run]:
     batch_prompts = prompts[:batch]
     table = []
-    for label, chosen, strategy, sampling in _variants(members, weight_sets, compare_transformers):
+    for label, chosen, weights, strategy, sampling in _variants(members, weight_sets, compare_transformers):
+        names = [m.name for m in chosen]
         ensemble = (
-            None if strategy is None else Ensemble(chosen, make_strategy(strategy, len(chosen)), batch_size=batch)
+            None
+            if strategy is None
+            else Ensemble(chosen, build_strategy(strategy, names), batch_size=batch, weights=weights)
         )
-        run = Run(name, batch, label, [m.name for m in chosen], [m.weight for m in chosen])
+        total = sum(weights)
+        run = Run(name, batch, label, names, [w / total for w in weights])
         table.append((run, ensemble, chosen, sampling))
     # Warm-up: a short generation of each, untimed (first calls allocate and pick kernels).
     warm = StudyConfig(**{**asdict(config), "new_tokens": 2})

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mixens.comparison import COMPARABLE
-from mixens.config import strategy_options
 from mixens.report.stats import mean_interval
+from mixens.strategies import STRATEGIES
 
 # What the tables call each strategy; the paper's CE is the top-k union average.
 LABELS = {"averaging_topk_union": "CE", "averaging": "CE (exact)", "mixture": "ME", "single": "single"}
@@ -117,10 +117,18 @@ def pool_of(config: dict) -> tuple[tuple[str, ...], tuple[float, ...] | None]:
     entries = [(m.get("name") or key, float(m.get("weight", 1.0))) for key, m in models.items()]
     ensemble = config.get("ensemble") or {}
     if ensemble.get("strategy") == "single":
-        return (ensemble.get("member") or entries[0][0],), None
+        return (recorded_options(ensemble).get("member") or entries[0][0],), None
     entries.sort()
     total = sum(w for _, w in entries) or 1.0
     return tuple(n for n, _ in entries), tuple(round(w / total, 6) for _, w in entries)
+
+
+def recorded_options(ensemble: dict) -> dict:
+    """A recorded run's strategy options that differ from the strategy's defaults. Reads `options`, or
+    in results files written before options had their own key, the strategy's keys beside `strategy`."""
+    defaults = STRATEGIES[ensemble["strategy"]].option_defaults() if ensemble.get("strategy") in STRATEGIES else {}
+    given = ensemble["options"] if "options" in ensemble else {k: ensemble[k] for k in defaults if k in ensemble}
+    return {k: v for k, v in (given or {}).items() if k not in defaults or v != defaults[k]}
 
 
 def _flat(prefix: str, value) -> dict[str, str]:
@@ -155,7 +163,7 @@ def runs_of(record: dict, path: str = "") -> list[Run]:
     for row in (record.get("comparison") or [])[:-1]:  # the last row is the run's own strategy
         label = row["label"]
         strategy = {"strategy": "single", "member": label} if label not in COMPARABLE else {"strategy": label}
-        compared = {**config, "ensemble": {**config["ensemble"], "union_top_k": None, **strategy}}
+        compared = {**config, "ensemble": {"strategy": strategy.pop("strategy"), "options": strategy}}
         metrics = {task: {score["metric"]: score["mean"]} for task, score in row["scores"].items()}
         files = {f.stem.removeprefix("samples_"): f for f in (folder / "compare" / label).glob("samples_*.jsonl")}
         runs += _runs(compared, metrics, row.get("tokens_per_second"), files, record, seed, path)
@@ -166,7 +174,7 @@ def _runs(config: dict, metrics: dict, rate, sample_files: dict, record: dict, s
     pool, weights = pool_of(config)
     bench = config.get("benchmark") or {}
     ensemble = config["ensemble"]
-    options = tuple(sorted((k, json.dumps(v)) for k, v in strategy_options(ensemble).items() if k != "member"))
+    options = tuple(sorted((k, json.dumps(v)) for k, v in recorded_options(ensemble).items() if k != "member"))
     settings = settings_of(config, pool)
     first = next((m.get("name") or k for k, m in (config.get("models") or {}).items()), "")
     groups = record.get("group_subtasks") or {}

@@ -10,6 +10,8 @@ members newly routed for each row.
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -49,12 +51,38 @@ class MemberOutputs:
 
 
 class Strategy:
+    """Subclasses set `name`, take their options as keyword arguments after n_members, and override
+    `from_options` when a user-facing option must be translated (a member's name, a file)."""
+
     name = "strategy"
 
     def __init__(self, n_members: int, **options):
         if options:
             raise TypeError(f"strategy '{self.name}' takes no options {sorted(options)}")
         self.n_members = n_members
+
+    @classmethod
+    def from_options(cls, members: Sequence[str], **options) -> Strategy:
+        """The strategy for members with these names, from options as a user writes them; ValueError
+        (or ConfigError) names a bad option."""
+        return cls(len(members), **options)
+
+    @classmethod
+    def option_defaults(cls) -> dict:
+        """The options `from_options` accepts, with their defaults."""
+        overridden = cls.from_options.__func__ is not Strategy.from_options.__func__
+        signature = inspect.signature(cls.from_options if overridden else cls.__init__)
+        named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        skip = ("self", "members", "n_members")
+        return {p.name: p.default for p in signature.parameters.values() if p.kind in named and p.name not in skip}
+
+    def members_used(self) -> list[int] | None:
+        """The members this strategy ever runs, when it is fewer than all (so that only they load)."""
+        return None
+
+    def restricted(self) -> Strategy:
+        """The same strategy over `members_used()` only, numbered from 0."""
+        return self
 
     def route(self, ctx: StepContext) -> torch.Tensor:
         raise NotImplementedError
@@ -67,7 +95,7 @@ class Strategy:
         """Whether the strategy reads this member's last hidden state (MemberOutputs.hidden)."""
         return False
 
-    def check_members(self, members) -> None:
+    def check_members(self, members, weights: Sequence[float]) -> None:
         """Checks that need the loaded members (e.g. a saved classifier's input size); raise ConfigError."""
 
     def combine(self, outputs: MemberOutputs, routing: torch.Tensor, sampling: Sampling) -> torch.Tensor:

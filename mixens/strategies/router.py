@@ -13,8 +13,8 @@ from collections.abc import Sequence
 
 import torch
 
+from mixens.errors import ConfigError
 from mixens.router_model import TrainedRouter, load_router, step_features
-from mixens.spec import ConfigError
 from mixens.strategies.base import MemberOutputs, StepContext, Strategy, one_hot_rows
 from mixens.strategies.mixture import Mixture
 
@@ -74,10 +74,10 @@ class CascadePolicy(RouterPolicy):
         """[B] bool: rows whose next token the designated member writes alone."""
         raise NotImplementedError
 
-    def check_members(self, members) -> None:
-        if self.handover == "others" and not any(m.weight > 0 for i, m in enumerate(members) if i != self.designated):
+    def check_members(self, members, weights: Sequence[float]) -> None:
+        if self.handover == "others" and not any(w > 0 for i, w in enumerate(weights) if i != self.designated):
             raise ConfigError(
-                "ensemble.handover is 'others' but every member other than the designated one has weight 0; "
+                "router handover is 'others' but every member other than the designated one has weight 0; "
                 "give one a positive weight or name the handover member."
             )
 
@@ -142,8 +142,8 @@ class LearnedPolicy(CascadePolicy):
         features = step_features(outputs.hidden(self.designated), outputs.raw(self.designated))
         return self.router.classifier.member_probs(features)
 
-    def check_members(self, members) -> None:
-        super().check_members(members)
+    def check_members(self, members, weights: Sequence[float]) -> None:
+        super().check_members(members, weights)
         member = members[self.designated]
         size = member.model.config.get_text_config().hidden_size
         if size != self.router.hidden_size:
@@ -182,6 +182,47 @@ class Router(Strategy):
             self.policy = LearnedPolicy(n_members, router, **cascade)
         self.policy_name = policy
 
+    @classmethod
+    def from_options(
+        cls,
+        members: Sequence[str],
+        policy: str = "confidence",
+        designated: str | None = None,
+        threshold: float = 0.5,
+        criterion: str = "top_prob",
+        handover: str = "others",
+        router_path: str | None = None,
+        draw: str = "batch",
+    ) -> Router:
+        """Members by name, the router file by path (read here, so a bad one shows before any model
+        loads). Other policies leave router_path unread, so that one sweep can cover every policy."""
+        names = list(members)
+        if designated is not None and designated not in names:
+            raise ValueError(f"designated '{designated}' is not a selected model; choose one of {names}")
+        index = names.index(designated) if designated is not None else 0
+        if handover not in GROUP_HANDOVERS and handover not in names:
+            raise ValueError(
+                f"handover '{handover}' is neither a selected model {names} nor one of {list(GROUP_HANDOVERS)}"
+            )
+        try:
+            threshold = float(threshold)
+        except (TypeError, ValueError):
+            raise ValueError(f"threshold must be a number, got {threshold!r}") from None
+        router = None
+        if policy == "learned":
+            if not router_path:
+                raise ValueError(
+                    "router_path is empty; policy learned needs a file from `python -m mixens.train_router`"
+                )
+            router = load_router(router_path)
+            if list(router.members) != names:
+                raise ConfigError(
+                    f"the router file {router_path} was trained for the members {list(router.members)} in that order, "
+                    f"but the ensemble has {names}; train a router for these members with `python -m mixens.train_router`."
+                )
+        handover_member = names.index(handover) if handover in names else handover
+        return cls(len(names), policy, index, threshold, criterion, handover_member, router, draw)
+
     def route(self, ctx: StepContext) -> torch.Tensor:
         return self.policy.route(ctx)
 
@@ -191,52 +232,8 @@ class Router(Strategy):
     def wants_hidden(self, member: int) -> bool:
         return self.policy.wants_hidden(member)
 
-    def check_members(self, members) -> None:
-        self.policy.check_members(members)
+    def check_members(self, members, weights: Sequence[float]) -> None:
+        self.policy.check_members(members, weights)
 
 
 POLICIES = {"random": RandomPolicy, "confidence": ConfidencePolicy, "learned": LearnedPolicy}
-
-
-def router_options(
-    names: Sequence[str],
-    *,
-    policy: str = "confidence",
-    designated: str | None = None,
-    threshold: float = 0.5,
-    criterion: str = "top_prob",
-    handover: str = "others",
-    router_path: str | None = None,
-    draw: str = "batch",
-    **unknown,
-) -> dict:
-    """The user's router settings (members by name, a file path) as Router arguments; ConfigError when
-    a setting is wrong. Reads the router file, so a missing one is reported before any model loads."""
-    if unknown:
-        raise ConfigError(
-            f"router options {sorted(unknown)} are unknown; use policy, designated, threshold, criterion, "
-            "handover, router_path, draw."
-        )
-    names = list(names)
-    if policy not in POLICIES:
-        raise ConfigError(f"ensemble.policy '{policy}' is unknown; choose one of {', '.join(POLICIES)}.")
-    if designated is not None and designated not in names:
-        raise ConfigError(f"ensemble.designated '{designated}' is not a selected model; choose one of {names}.")
-    index = names.index(designated) if designated is not None else 0
-    if handover not in GROUP_HANDOVERS and handover not in names:
-        raise ConfigError(
-            f"ensemble.handover '{handover}' is neither a selected model {names} nor one of {list(GROUP_HANDOVERS)}."
-        )
-    try:
-        threshold = float(threshold)
-    except (TypeError, ValueError):
-        raise ConfigError(f"ensemble.threshold must be a number, got {threshold!r}.") from None
-    options = {"policy": policy, "designated": index, "threshold": threshold, "criterion": criterion, "draw": draw}
-    options["handover"] = names.index(handover) if handover in names else handover
-    if policy == "learned":
-        if not router_path:
-            raise ConfigError(
-                "ensemble.router_path is empty; policy learned needs a file from `python -m mixens.train_router`."
-            )
-        options["router"] = load_router(router_path)
-    return options  # other policies leave router_path unread, so one sweep can cover every policy
