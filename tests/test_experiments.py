@@ -53,9 +53,10 @@ def presets() -> list[str]:
 
 
 def sweep_jobs(name: str) -> list[list[str]]:
-    """The override list of every job `python -m mixens -m +experiment=<name>` launches."""
+    """The override list of every job `python -m mixens experiment=<name>` launches."""
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[f"+experiment={name}"], return_hydra_config=True)
+        cfg = compose(config_name="config", overrides=[f"experiment={name}"], return_hydra_config=True)
+    assert str(cfg.hydra.mode).endswith("MULTIRUN")  # a preset sweeps without -m
     params = [f"{key}={value}" for key, value in cfg.hydra.sweeper.params.items()]
     batches = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(params), None)
     return batches[0]
@@ -63,7 +64,7 @@ def sweep_jobs(name: str) -> list[list[str]]:
 
 def job_config(name: str, job: list[str]):
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose(config_name="config", overrides=[f"+experiment={name}", *job], return_hydra_config=True)
+        return compose(config_name="config", overrides=[f"experiment={name}", *job], return_hydra_config=True)
 
 
 def test_every_preset_is_checked():
@@ -126,5 +127,5 @@ def test_the_weight_sweep_moves_both_weights_together():
 
 def test_a_command_line_value_overrides_the_preset():
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(config_name="config", overrides=["+experiment=paper_qwen", "benchmark.limit=50", "seed=7"])
+        cfg = compose(config_name="config", overrides=["experiment=paper_qwen", "benchmark.limit=50", "seed=7"])
     assert cfg.benchmark.limit == 50 and cfg.seed == 7

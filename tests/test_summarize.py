@@ -38,7 +38,7 @@ SCORES = {
 def run_config(*overrides: str) -> dict:
     """The resolved config of a job of the small preset, as the app would record it."""
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(config_name="config", overrides=["+experiment=paper_small", *overrides])
+        cfg = compose(config_name="config", overrides=["experiment=paper_small", *overrides])
     return OmegaConf.to_container(cfg, resolve=True)
 
 
@@ -200,7 +200,7 @@ def test_no_results_is_a_clear_error(tmp_path):
 
 def paper_pool_config(*overrides: str) -> dict:
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(config_name="config", overrides=["+experiment=paper_qwen", "benchmark.top_k=5", *overrides])
+        cfg = compose(config_name="config", overrides=["experiment=paper_qwen", "benchmark.top_k=5", *overrides])
     return OmegaConf.to_container(cfg, resolve=True)
 
 
