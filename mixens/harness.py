@@ -6,10 +6,9 @@ From Python (simple_evaluate ignores its own batch_size/device for a ready model
     lm_eval.simple_evaluate(model=lm, tasks=["gsm8k_paper"], task_manager=...)
     lm.speed_stats  # a mixens GenerationStats summed over every generate_until call
 
-From lm-eval's CLI. lm-eval only knows models whose module was imported, so start its CLI through this
-module (same arguments as `lm_eval`):
+From lm-eval's CLI (mixens.lm_eval_cli: lm-eval's own, with this model registered and mixens' tasks found):
 
-    python -m mixens.harness [run] --model mixens --include_path mixens/tasks --tasks gsm8k_paper \
+    mixens-lm-eval run --model mixens --tasks gsm8k_paper \
         --model_args "models=HuggingFaceTB/SmolLM2-135M-Instruct|./gemma,weights=0.6|0.4,strategy=mixture"
 
 model_args: lm-eval splits them at ',' and '='; a list is written with '|':
@@ -33,7 +32,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from collections.abc import Sequence
 
 import lm_eval.models  # noqa: F401  lm-eval's own models first: registering before this hides "hf"
@@ -425,16 +423,3 @@ def _kwargs_key(gen_kwargs) -> str:
 
 def _batch_seed(seed: int, group: int, batch: int) -> int:
     return int(np.random.SeedSequence([seed, group, batch]).generate_state(1)[0])
-
-
-def main() -> None:
-    """lm-eval's CLI with the "mixens" model registered."""
-    from lm_eval.__main__ import cli_evaluate
-
-    cli_evaluate()
-
-
-if __name__ == "__main__":
-    # `python -m mixens.harness`: make later imports find this module instead of registering a second copy.
-    sys.modules.setdefault("mixens.harness", sys.modules["__main__"])
-    main()

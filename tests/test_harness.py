@@ -319,13 +319,14 @@ def test_registered_under_mixens_next_to_lm_evals_own_models():
 
 
 def test_lm_evals_own_cli_runs_the_mixens_model(tiny_models, tmp_path):
-    """`python -m mixens.harness` is lm-eval's CLI with "mixens" registered: a different-tokenizer pair on a
-    paper task, read from the offline mirror (the working directory)."""
+    """`python -m mixens.lm_eval_cli` is lm-eval's CLI with "mixens" registered and mixens' tasks found
+    without --include_path: a different-tokenizer pair on a paper task, read from the offline mirror
+    (the working directory)."""
     models = f"{tiny_models['bpe_a']}|{tiny_models['sp_c']}"
     args = [
-        sys.executable, "-m", "mixens.harness", "run", "--model", "mixens",
+        sys.executable, "-m", "mixens.lm_eval_cli", "run", "--model", "mixens",
         "--model_args", f"models={models},weights=0.6|0.4,strategy=mixture,device=cpu",
-        "--tasks", "gsm8k_paper", "--include_path", str(TASKS_DIR), "--limit", "2",
+        "--tasks", "gsm8k_paper", "--limit", "2",
         "--gen_kwargs", "max_gen_toks=6", "--output_path", str(tmp_path / "out"),
     ]  # fmt: skip
     env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
