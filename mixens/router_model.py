@@ -23,7 +23,7 @@ def step_features(hidden: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
     """[B, H + 2] on the CPU: hidden state, top probability, entropy (nats) of a distribution [B, V]."""
     probs = probs.float()
     top = probs.max(dim=-1).values
-    entropy = -(probs * torch.log(probs.clamp_min(1e-30))).sum(dim=-1)  # 0 * log 0 counts as 0
+    entropy = torch.special.entr(probs).sum(dim=-1)  # 0 * log 0 counts as 0
     return torch.cat([hidden.float().cpu(), top[:, None].cpu(), entropy[:, None].cpu()], dim=1)
 
 

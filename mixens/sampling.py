@@ -1,10 +1,17 @@
-"""Per-distribution sampling transforms F: temperature, top-k, top-p (in that order, as transformers does)."""
+"""Per-distribution sampling transforms F: temperature, top-k, top-p (transformers' own warpers, in its order)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
+from transformers.generation.logits_process import (
+    LogitsProcessorList,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 
 from mixens.errors import ConfigError
 
@@ -45,25 +52,20 @@ def transformed_probs(logits: torch.Tensor, sampling: Sampling) -> torch.Tensor:
     logits = logits.float()
     if not sampling.do_sample:
         return torch.softmax(logits, dim=-1)
+    return torch.softmax(_warpers(sampling)(None, logits), dim=-1)
+
+
+@lru_cache(maxsize=32)
+def _warpers(sampling: Sampling) -> LogitsProcessorList:
+    """transformers' own temperature, top-k and top-p warpers, in the order `generate` applies them."""
+    warpers = LogitsProcessorList()
     if sampling.temperature != 1.0:
-        logits = logits / sampling.temperature
-    if sampling.top_k > 0 and sampling.top_k < logits.shape[-1]:
-        kth = torch.topk(logits, sampling.top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
+        warpers.append(TemperatureLogitsWarper(sampling.temperature))
+    if sampling.top_k > 0:
+        warpers.append(TopKLogitsWarper(sampling.top_k))
     if sampling.top_p < 1.0:
-        logits = _top_p_filter(logits, sampling.top_p)
-    return torch.softmax(logits, dim=-1)
-
-
-def _top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
-    """Keep the smallest set of most likely tokens whose mass reaches top_p (always at least one)."""
-    sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-    cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
-    # A token is dropped when the mass before it already reaches top_p.
-    drop_sorted = (cumulative - torch.softmax(sorted_logits, dim=-1)) >= top_p
-    drop_sorted[..., 0] = False
-    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-    return logits.masked_fill(drop, float("-inf"))
+        warpers.append(TopPLogitsWarper(sampling.top_p))
+    return warpers
 
 
 def transformed_distribution(probs: torch.Tensor, sampling: Sampling) -> torch.Tensor:

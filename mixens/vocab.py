@@ -14,24 +14,14 @@ import re
 from dataclasses import dataclass
 
 import torch
+from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 EOS_SURFACE = b""  # the union entry for "end of sequence" (no real token has an empty surface)
 _BYTE_FALLBACK = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
 
 
-def _printable_byte_map() -> dict[str, int]:
-    """Byte-level BPE writes every byte as one printable character; this is the inverse of that map."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAC + 1)) + list(range(0xAE, 0xFF + 1))
-    chars = {b: b for b in keep}
-    shift = 0
-    for b in range(256):
-        if b not in chars:
-            chars[b] = 256 + shift
-            shift += 1
-    return {chr(code): b for b, code in chars.items()}
-
-
-BYTE_LEVEL_DECODER = _printable_byte_map()
+# Byte-level BPE writes every byte as one printable character (transformers' GPT-2 map); this is its inverse.
+BYTE_LEVEL_DECODER = {char: byte for byte, char in bytes_to_unicode().items()}
 
 
 def _contains_type(node, kind: str) -> bool:

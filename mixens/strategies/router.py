@@ -113,8 +113,7 @@ class ConfidencePolicy(CascadePolicy):
         probs = outputs.raw(self.designated).float()
         if self.criterion == "top_prob":
             return probs.max(dim=-1).values > self.threshold
-        entropy = -(probs * torch.log(probs.clamp_min(1e-30))).sum(dim=-1)
-        return entropy < self.threshold
+        return torch.special.entr(probs).sum(dim=-1) < self.threshold
 
 
 class LearnedPolicy(CascadePolicy):
