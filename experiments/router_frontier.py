@@ -76,6 +76,7 @@ def configured(base, weights, strategy: str, options: dict):
 
 def run(args) -> list[dict]:
     from mixens.ensemble import load_ensemble
+    from mixens.files import write_atomic
     from mixens.router_model import save_router
     from mixens.teacher_forcing import teacher_force
     from mixens.train_router import gsm8k_pairs, train_router
@@ -101,7 +102,7 @@ def run(args) -> list[dict]:
                           batch_size=args.batch_size, seed=args.seed)  # fmt: skip
     router.info["seconds"] = time.perf_counter() - started
     router_path = save_router(out / "router.pt", router)
-    (out / "router.json").write_text(json.dumps(router.info, indent=2))
+    write_atomic(out / "router.json", json.dumps(router.info, indent=2))
     print(f"learned router: {json.dumps(router.info)}", flush=True)
 
     rows = []
@@ -128,13 +129,15 @@ def _fmt(value) -> str:
 
 
 def write_table(rows: list[dict], out: Path) -> None:
-    with (out / "frontier.csv").open("w", newline="") as f:
+    from mixens.files import atomic_path, write_atomic
+
+    with atomic_path(out / "frontier.csv") as tmp, tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + _line(row) + " |" for row in rows]
-    (out / "frontier.md").write_text("\n".join(lines) + "\n")
+    write_atomic(out / "frontier.md", "\n".join(lines) + "\n")
 
 
 def annotate_apart(ax, labels: dict[tuple[float, float], list[str]]) -> None:
@@ -154,6 +157,8 @@ def annotate_apart(ax, labels: dict[tuple[float, float], list[str]]) -> None:
 
 def plot(rows: list[dict], path: Path, title: str) -> None:
     import matplotlib
+
+    from mixens.files import atomic_path
 
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
@@ -181,7 +186,8 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     fig.canvas.draw()  # final limits and layout, so that label boxes are where they will be drawn
     for ax, labels in labelled.items():
         annotate_apart(ax, labels)
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
 
 

@@ -68,7 +68,7 @@ def evaluate(cfg: DictConfig, out_dir: Path, plan: RunPlan) -> dict:
     from mixens.ensemble import load_ensemble
     from mixens.harness import EnsembleLM
     from mixens.offline_data import reading_from, resolve_hub_mirror
-    from mixens.tracking import git_commit
+    from mixens.results_files import git_commit
 
     # lm-eval records `git describe` of the working directory, which during evaluation is the data
     # mirror (git prints "fatal: not a git repository"); mixens' own commit is what identifies the code.
@@ -110,7 +110,7 @@ def record_run(cfg: DictConfig, out_dir: Path, evaluations: list, seconds: float
     """results.json for the run's own strategy (the last evaluation), with the comparison rows if any."""
     from mixens.comparison import comparison_rows
     from mixens.members import describe
-    from mixens.tracking import git_commit, metrics_by_task, versions, write_results, write_samples
+    from mixens.results_files import git_commit, metrics_by_task, versions, write_results, write_samples
 
     _, results, lm = evaluations[-1]
     for label, compared, _ in evaluations[:-1]:
@@ -141,7 +141,7 @@ def record_run(cfg: DictConfig, out_dir: Path, evaluations: list, seconds: float
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def main(cfg: DictConfig) -> dict:
     from mixens.comparison import comparison_table
-    from mixens.tracking import results_table
+    from mixens.results_files import results_table
 
     hydra_cfg = HydraConfig.get()
     out_dir = Path(hydra_cfg.runtime.output_dir)
@@ -167,7 +167,7 @@ def main(cfg: DictConfig) -> dict:
 
 def run_job(cfg: DictConfig, out_dir: Path, sweep_dir: Path | None) -> dict:
     """One run: skipped when its results exist (skip_existing), else evaluated inside its tracker run."""
-    from mixens.tracking import find_existing
+    from mixens.results_files import find_existing
 
     config = OmegaConf.to_container(cfg, resolve=True)
     if cfg.skip_existing:
@@ -206,7 +206,7 @@ def sweep_group(sweep_dir: Path) -> str:
 
 
 def write_failure(out_dir: Path, cfg: DictConfig, err: BaseException) -> None:
-    from mixens.tracking import write_atomic
+    from mixens.files import write_atomic
 
     if isinstance(err, SystemExit) and not err.code:
         return

@@ -17,6 +17,7 @@ import math
 import sys
 from pathlib import Path
 
+from mixens.files import write_atomic
 from mixens.report.cells import group_cells, load_runs
 from mixens.report.stats import DEFAULT_MARGIN
 from mixens.report.tables import (
@@ -111,7 +112,7 @@ def summarize(paths, out_dir: Path, paper_csv: Path | None = PAPER_RESULTS, plot
     write_csv(out_dir / "cells.csv", rows)
     write_csv(out_dir / "me_vs_ce.csv", paired)
     text = markdown(layouts, rows, paired, len(paper), margin)
-    (out_dir / "summary.md").write_text(text)
+    write_atomic(out_dir / "summary.md", text)
     latex = "\n".join(
         table.to_latex(
             caption=f"{pool}: ours (mean $\\pm$ 95\\% half-interval, \\%) and the paper's (in parentheses)",
@@ -120,7 +121,7 @@ def summarize(paths, out_dir: Path, paper_csv: Path | None = PAPER_RESULTS, plot
         )  # fmt: skip
         for pool, table in layouts.items()
     )
-    (out_dir / "tables.tex").write_text(latex)
+    write_atomic(out_dir / "tables.tex", latex)
     figures = []
     if plots:
         from mixens.report.plots import write_figures

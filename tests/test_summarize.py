@@ -1,4 +1,4 @@
-"""The summariser: results files written by mixens.tracking -> cells, tables and plots with known values."""
+"""The summariser: results files written by mixens.results_files -> cells, tables and plots with known values."""
 
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ from mixens.cli import CONF_DIR
 from mixens.report.cells import group_cells, load_runs
 from mixens.report.plots import accuracy_series, lambda_series
 from mixens.report.tables import PAPER_RESULTS, read_paper_results
+from mixens.results_files import write_results
 from mixens.summarize import main, summarize
-from mixens.tracking import write_results
 
 SMOL, GEMMA = "smollm2-135m-instruct", "gemma-3-270m"
 TASK, METRIC = "gsm8k_paper", "exact_match,extract"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from mixens.files import atomic_path, write_atomic
+
 
 def _ms(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds * 1000:.1f}"
@@ -124,17 +126,15 @@ def plot(study: dict, analysis: dict, path: Path) -> None:
         title += " | smoke test on toy shapes: not a measurement"
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
 
 
 def write(study: dict, analysis: dict, out: Path) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "results.json", "markdown": out / "results.md", "plot": out / "speed.png"}
-    # Written to a temporary name first: an interrupted write never leaves half a results file.
-    tmp = paths["json"].with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"study": study, "analysis": analysis}, indent=1))
-    tmp.replace(paths["json"])
-    paths["markdown"].write_text(markdown(study, analysis))
+    write_atomic(paths["json"], json.dumps({"study": study, "analysis": analysis}, indent=1))
+    write_atomic(paths["markdown"], markdown(study, analysis))
     plot(study, analysis, paths["plot"])
     return paths

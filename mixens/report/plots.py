@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from mixens.files import atomic_path
 from mixens.report.cells import Cell, CellKey, pool_label
 from mixens.report.tables import Paired, single_key, sort_key
 
@@ -29,7 +30,8 @@ def _uniform(weights) -> bool:
 
 
 def _save(fig, path: Path) -> Path:
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight")
     _pyplot().close(fig)
     return path
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mixens.files import atomic_path
 from mixens.report.cells import CE_STRATEGIES, Cell, CellKey, pool_label, problem_scores, varying_settings
 from mixens.report.stats import DEFAULT_MARGIN, Comparison, compare_paired, control_false_discoveries
 
@@ -260,10 +261,9 @@ def _entry(cell: Cell, paper: dict[tuple, dict]) -> str:
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
-    if not rows:
-        path.write_text("")
-        return
-    with path.open("w", newline="") as handle:
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as handle:
+        if not rows:
+            return
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         for row in rows:

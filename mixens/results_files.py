@@ -1,16 +1,16 @@
 """Results of a run on disk: results.json, per-sample outputs, and the table printed at the end.
 
-Every file is written to a temporary name and renamed, so a crash never leaves a half-written file.
+Every file is written whole or not at all (mixens.files), so a crash never leaves a half-written file.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import tempfile
 from importlib import metadata
 from pathlib import Path
+
+from mixens.files import write_atomic
 
 PACKAGES = ("mixens", "torch", "transformers", "tokenizers", "lm-eval", "datasets", "hydra-core", "omegaconf", "wandb")
 
@@ -34,26 +34,6 @@ def git_commit(folder: Path | None = None) -> str | None:
     except (OSError, subprocess.CalledProcessError):
         return None
     return sha.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
-
-
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        # mkstemp makes the file private (0600); give it the mode any other file of the run gets.
-        os.chmod(tmp, 0o666 & ~_umask())
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)  # reading the umask means setting it: put it straight back
-    os.umask(mask)
-    return mask
 
 
 def metrics_by_task(lm_eval_results: dict) -> dict[str, dict[str, float]]:

@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-from mixens.tracking import results_table, write_atomic
+from mixens.files import write_atomic
+from mixens.results_files import results_table
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o002])
