@@ -15,20 +15,29 @@ from dataclasses import dataclass
 from scipy import stats
 
 from mixens.errors import ConfigError
+from mixens.strategies import STRATEGIES, Strategy, build_strategy
 
 MEMBERS = "members"  # each member alone (strategy single)
-COMPARABLE = ("averaging", "averaging_topk_union", "mixture")  # strategies that need no options
 REFERENCE = "averaging"
 
 
-def check_compare(entries: list[str], strategy: str) -> None:
+def check_compare(entries: list[str], strategy: Strategy, names: list[str]) -> None:
+    """Every entry builds with its default options for these members, and the run's own strategy runs
+    them all (compared runs share its loaded models)."""
     for entry in entries:
-        if entry != MEMBERS and entry not in COMPARABLE:
+        if entry == MEMBERS:
+            continue
+        try:
+            build_strategy(entry, names)
+        except ConfigError as err:
             raise ConfigError(
-                f"compare has '{entry}'; its entries are '{MEMBERS}' (each model alone) or one of {list(COMPARABLE)}."
-            )
-    if entries and strategy == "single":
-        raise ConfigError("compare needs an ensemble strategy; with ensemble=single use compare=[] .")
+                f"compare has '{entry}': {err} Its entries are '{MEMBERS}' (each model alone) or strategies "
+                f"that run with their default options, one of {list(STRATEGIES)}."
+            ) from None
+    if entries and strategy.members_used() is not None:
+        raise ConfigError(
+            f"compare needs a strategy that loads every model; with ensemble={strategy.name} use compare=[] ."
+        )
 
 
 def compared_ensembles(ensemble, entries: list[str]) -> list[tuple[str, object]]:

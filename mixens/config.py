@@ -82,7 +82,7 @@ class RunConfig:
     device: str = "auto"
     threads: Optional[int] = None  # torch's CPU threads (null: torch's default, one per core)
     # Also evaluated on the same loaded models and problems, before the run's own strategy, for one
-    # comparison table: "members" (each model alone), "averaging", "averaging_topk_union", "mixture".
+    # comparison table: "members" (each model alone) or any strategy with its default options.
     compare: list[str] = field(default_factory=list)
     skip_existing: bool = False  # a sweep job whose config already has results in the sweep folder is skipped
 
@@ -145,7 +145,7 @@ def validate_run(cfg: DictConfig) -> RunPlan:
         raise ConfigError(f"batch_size must be >= 1, got {cfg.batch_size}.")
     if cfg.threads is not None and cfg.threads < 1:
         raise ConfigError(f"threads must be >= 1 (or null for torch's default), got {cfg.threads}.")
-    check_compare(list(cfg.compare), cfg.ensemble.strategy)
+    check_compare(list(cfg.compare), strategy, names)
     bench = cfg.benchmark
     if not bench.tasks:
         raise ConfigError("benchmark.tasks is empty; name at least one lm-eval task.")

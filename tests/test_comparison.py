@@ -9,6 +9,7 @@ from conftest import spec
 
 import mixens
 from mixens.comparison import check_compare, compared_ensembles, comparison_rows, comparison_table, interval
+from mixens.strategies import build_strategy
 
 
 @pytest.fixture(scope="module")
@@ -41,12 +42,16 @@ def test_a_member_alone_inside_the_ensemble_writes_what_it_writes_loaded_alone(t
 
 @pytest.mark.parametrize(
     ("entries", "strategy", "message"),
-    [(["memebrs"], "mixture", "compare has 'memebrs'"), (["router"], "mixture", "compare has 'router'"),
-     (["members"], "single", "compare needs an ensemble strategy")],
+    [(["memebrs"], "mixture", "compare has 'memebrs': strategy 'memebrs' is unknown"),
+     (["members"], "single", "compare needs a strategy that loads every model")],
 )  # fmt: skip
 def test_bad_compare_entries_are_named(entries, strategy, message):
     with pytest.raises(mixens.ConfigError, match=message):
-        check_compare(entries, strategy)
+        check_compare(entries, build_strategy(strategy, ["a", "b"]), ["a", "b"])
+
+
+def test_a_router_with_its_default_options_can_be_compared():
+    check_compare(["members", "router", "averaging"], build_strategy("mixture", ["a", "b"]), ["a", "b"])
 
 
 def test_right_or_wrong_scores_get_wilsons_interval():

@@ -16,7 +16,6 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mixens.comparison import COMPARABLE
 from mixens.report.stats import mean_interval
 from mixens.strategies import STRATEGIES
 
@@ -162,7 +161,7 @@ def runs_of(record: dict, path: str = "") -> list[Run]:
     runs = _runs(config, record.get("metrics") or {}, speed, samples, record, seed, path)
     for row in (record.get("comparison") or [])[:-1]:  # the last row is the run's own strategy
         label = row["label"]
-        strategy = {"strategy": "single", "member": label} if label not in COMPARABLE else {"strategy": label}
+        strategy = {"strategy": label} if label in STRATEGIES else {"strategy": "single", "member": label}
         compared = {**config, "ensemble": {"strategy": strategy.pop("strategy"), "options": strategy}}
         metrics = {task: {score["metric"]: score["mean"]} for task, score in row["scores"].items()}
         files = {f.stem.removeprefix("samples_"): f for f in (folder / "compare" / label).glob("samples_*.jsonl")}
