@@ -6,6 +6,7 @@ import contextlib
 import difflib
 import json
 import logging
+import signal
 import sys
 import time
 import traceback
@@ -146,11 +147,19 @@ def main(cfg: DictConfig) -> dict:
     hydra_cfg = HydraConfig.get()
     out_dir = Path(hydra_cfg.runtime.output_dir)
     sweep_dir = Path(hydra_cfg.sweep.dir) if hydra_cfg.mode.name == "MULTIRUN" else None
+    for stop in (signal.SIGTERM, signal.SIGINT):  # a scheduler's time limit, Ctrl-C
+        signal.signal(stop, _interrupt)
     try:
         record = run_job(cfg, out_dir, sweep_dir)
     except BaseException as err:
         # The job's folder says why it failed; the other jobs of a sweep keep their results and go on.
         write_failure(out_dir, cfg, err)
+        if isinstance(err, Interrupted):  # told to stop: the whole sweep stops, this job reruns with skip_existing
+            print(
+                f"mixens: {err}; {out_dir / 'failed.json'} says so, and skip_existing=true reruns the job.",
+                file=sys.stderr,
+            )
+            sys.exit(128 + err.signum)
         if isinstance(err, ConfigError):
             print(f"mixens: {err}", file=sys.stderr)  # one clear sentence, not a traceback
             if sweep_dir is None:
@@ -163,6 +172,18 @@ def main(cfg: DictConfig) -> dict:
         print(results_table(record["metrics"], record["speed"]))
     print(f"results: {record['path']}")
     return record
+
+
+class Interrupted(BaseException):
+    """The process was told to stop (SIGTERM, SIGINT) while a job ran."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+def _interrupt(signum: int, frame) -> None:
+    raise Interrupted(signum)
 
 
 def run_job(cfg: DictConfig, out_dir: Path, sweep_dir: Path | None) -> dict:
@@ -212,6 +233,7 @@ def write_failure(out_dir: Path, cfg: DictConfig, err: BaseException) -> None:
         return
     failure = {
         "error": f"{type(err).__name__}: {err}",
+        "interrupted": isinstance(err, Interrupted),
         "traceback": traceback.format_exception(err),
         "config": OmegaConf.to_container(cfg, resolve=False),
     }

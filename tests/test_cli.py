@@ -288,3 +288,34 @@ def test_a_strategy_option_it_does_not_have_is_one_clear_error():
         validate_run(composed("ensemble=averaging", "+ensemble.options.threshold=0.3"))
     with pytest.raises(ConfigError, match="threshold 1.5 is out of range"):
         validate_run(composed("ensemble=router", "ensemble.options.threshold=1.5"))
+
+
+def test_sigterm_marks_the_job_interrupted_and_skip_existing_reruns_it(tiny_models, tmp_path):
+    """What a scheduler's time limit does: failed.json says so, no results file, and the job runs again."""
+    import signal
+
+    added = [f"+models.{n}={{name:{n},path:'{tiny_models[p]}',weight:1.0}}" for n, p in (("a", "bpe_a"), ("c", "sp_c"))]
+    args = [sys.executable, "-m", "mixens", "models=[]", *added, "device=cpu", "batch_size=8", "benchmark=gsm8k_paper",
+            "benchmark.limit=8", f"data.hub_mirror={HUB_FIXTURE}", "logger=none", f"hydra.run.dir={tmp_path}/run",
+            "skip_existing=true"]  # fmt: skip
+    log = tmp_path / "stderr.txt"
+    with log.open("w") as errors:
+        job = subprocess.Popen(
+            [*args, "benchmark.max_gen_toks=3000"], cwd=REPO, stdout=subprocess.PIPE, stderr=errors, text=True
+        )
+        for line in job.stdout:  # Hydra logs to stdout; once generation has started, stop the job
+            if "Running generate_until requests" in line:
+                break
+        job.send_signal(signal.SIGTERM)
+        job.stdout.read()
+        code = job.wait(timeout=120)
+    stderr = log.read_text()
+    assert code == 128 + signal.SIGTERM, stderr[-3000:]
+    assert "stopped by SIGTERM" in stderr and "Traceback" not in stderr
+    failure = json.loads((tmp_path / "run" / "failed.json").read_text())
+    assert failure["interrupted"] and "SIGTERM" in failure["error"]
+    assert not (tmp_path / "run" / "results.json").exists()
+    again = subprocess.run([*args, "benchmark.max_gen_toks=2"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "skipping" not in again.stdout and (tmp_path / "run" / "results.json").is_file()
+    assert not (tmp_path / "run" / "failed.json").exists()
