@@ -6,10 +6,15 @@
 Every argument is lm-eval's. lm-eval knows only models whose module was imported, so this entry
 imports mixens.harness first. Without --include_path, mixens' own tasks (gsm8k_paper, mmlu_paper,
 ...) are added to lm-eval's; with one, give mixens/tasks there too if they are wanted.
+
+lm-eval's request cache (--use_cache PATH) is keyed by the requests alone, so a cache written by one
+ensemble would answer for another (another strategy, weights or members). Here the cache path gets a
+digest of --model and --model_args: each ensemble reads and writes its own cache.
 """
 
 from __future__ import annotations
 
+import hashlib
 import sys
 
 SUBCOMMANDS_WITH_TASKS = ("run", "ls", "validate")
@@ -25,12 +30,47 @@ def with_mixens_tasks(argv: list[str]) -> list[str]:
     return [*argv, "--include_path", str(TASKS_DIR)]
 
 
+def cache_keyed_by_model(argv: list[str]) -> list[str]:
+    """The arguments, with --use_cache's path made specific to --model and --model_args."""
+    values = _option_values(argv)
+    if "--use_cache" not in values:
+        return argv
+    identity = f"{values.get('--model', '')}|{values.get('--model_args', '')}"
+    digest = hashlib.sha256(identity.encode()).hexdigest()[:12]
+    keyed = f"{values['--use_cache']}_{digest}"
+    out, skip = [], False
+    for i, arg in enumerate(argv):
+        if skip:
+            skip = False
+        elif arg == "--use_cache" and i + 1 < len(argv):
+            out += [arg, keyed]
+            skip = True
+        elif arg.startswith("--use_cache="):
+            out.append(f"--use_cache={keyed}")
+        else:
+            out.append(arg)
+    return out
+
+
+def _option_values(argv: list[str]) -> dict[str, str]:
+    values = {}
+    for i, arg in enumerate(argv):
+        name, eq, value = arg.partition("=")
+        if not name.startswith("--"):
+            continue
+        if eq:
+            values[name] = value
+        elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+            values[name] = argv[i + 1]
+    return values
+
+
 def main() -> None:
     from lm_eval.__main__ import cli_evaluate
 
     import mixens.harness  # noqa: F401  registers the "mixens" model
 
-    sys.argv = [sys.argv[0], *with_mixens_tasks(sys.argv[1:])]
+    sys.argv = [sys.argv[0], *cache_keyed_by_model(with_mixens_tasks(sys.argv[1:]))]
     cli_evaluate()
 
 

@@ -387,3 +387,21 @@ def test_gsm8k_paper_end_to_end(tiny_models, monkeypatch):
     assert lm.speed_stats.sequences == 2 and 0 < lm.speed_stats.tokens_generated <= 12
     assert set(lm.speed_stats.members) == {"a", "c"}
     assert [m["name"] for m in results["config"]["ensemble_members"]] == ["a", "c"]
+
+
+def test_lm_evals_request_cache_is_kept_apart_for_each_ensemble():
+    """lm-eval keys its cache by the requests only; mixens' CLI gives each --model_args its own cache file."""
+    from mixens.lm_eval_cli import cache_keyed_by_model
+
+    def cache_path(model_args: str, style: str = "apart") -> str:
+        use = ["--use_cache", "cache/run"] if style == "apart" else ["--use_cache=cache/run"]
+        argv = ["run", "--model", "mixens", "--model_args", model_args, *use, "--tasks", "gsm8k_paper"]
+        out = cache_keyed_by_model(argv)
+        assert len(out) == len(argv) and out[-2:] == ["--tasks", "gsm8k_paper"]
+        joined = " ".join(out)
+        return joined.split("--use_cache")[1].strip(" =").split()[0]
+
+    mixture, averaging = cache_path("models=a|b,strategy=mixture"), cache_path("models=a|b,strategy=averaging")
+    assert mixture.startswith("cache/run_") and averaging.startswith("cache/run_") and mixture != averaging
+    assert cache_path("models=a|b,strategy=mixture", "joined") == mixture  # the same ensemble finds its cache
+    assert cache_keyed_by_model(["run", "--model", "mixens"]) == ["run", "--model", "mixens"]  # no cache: unchanged

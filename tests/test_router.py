@@ -159,6 +159,12 @@ def test_learned_router_runs_reads_hidden_states_and_keeps_its_decisions(pairs, 
     assert always.generate(PROMPTS, **GREEDY).stats.as_dict()["member_runs_per_token"] == 2.0
 
 
+def test_a_router_file_is_refused_for_other_or_reordered_members(trained_router):
+    for names in (["b", "a"], ["a", "z"]):
+        with pytest.raises(ConfigError, match=r"trained for the members \['a', 'b'\] in that order"):
+            build_strategy("router", names, {"policy": "learned", "router_path": str(trained_router)})
+
+
 def test_learned_router_refuses_a_member_of_another_size(pairs, trained_router):
     config = copy.deepcopy(pairs["shared"].members[0].model.config)
     config.hidden_size = 32
