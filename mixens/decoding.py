@@ -12,7 +12,7 @@ import torch
 
 from mixens.cache import FeedStats, MemberCache
 from mixens.members import Member
-from mixens.sampling import Sampling, pick, transformed_probs
+from mixens.sampling import Sampling, transformed_probs
 from mixens.strategies import MemberOutputs, StepContext
 from mixens.transcript import make_transcript
 from mixens.vocab import SharedVocab
@@ -122,7 +122,7 @@ class Step:
 class Decoder:
     """One batch decoded step by step by whoever drives it: `step()` routes, brings the routed members up
     to date and combines them; `append(tokens)` writes the tokens the driver chose. Generation samples
-    them (`generate_batch`), teacher forcing appends the reference, router training reads the members'
+    them (`Ensemble.decode`), teacher forcing appends the reference, router training reads the members'
     outputs. Work and time are counted beside the loop, in `stats`."""
 
     def __init__(
@@ -238,26 +238,6 @@ class _StepClock:
 
     def stats(self, members: dict[str, FeedStats]) -> GenerationStats:
         return dataclasses.replace(self.counts, members=members)
-
-
-def generate_batch(
-    ensemble,
-    prompts: list[str],
-    until: list[tuple[str, ...]],
-    sampling: Sampling,
-    max_new_tokens: int,
-    seed: int,
-    batch_index: int = 0,
-) -> tuple[list[str], GenerationStats]:
-    """Generate one prepared batch (no validation: Ensemble.generate checks and batches)."""
-    decoder = Decoder(ensemble, prompts, until, sampling, seed, batch_index)
-    sampling_rng = torch.Generator(device=decoder.home).manual_seed(stream_seed(seed, SAMPLING_STREAM, batch_index))
-    for _ in range(max_new_tokens):
-        step = decoder.step()
-        decoder.append(pick(step.dist, sampling, sampling_rng).tolist())
-        if decoder.done:
-            break
-    return decoder.texts(), decoder.stats
 
 
 def _merge_rows(new: torch.Tensor, new_rows: torch.Tensor, old: torch.Tensor | None, old_rows: torch.Tensor):

@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import torch
 from tqdm.auto import tqdm
 
-from mixens.decoding import GenerationStats, generate_batch
+from mixens.decoding import SAMPLING_STREAM, Decoder, GenerationStats, stream_seed
 from mixens.errors import ConfigError
 from mixens.members import Member, load_member
-from mixens.sampling import Sampling, check_decoding_budget
+from mixens.sampling import Sampling, check_decoding_budget, pick
 from mixens.spec import ModelSpec, normalized_weights, validate_members
 from mixens.strategies import Strategy, build_strategy
 from mixens.vocab import build_alignment
@@ -113,8 +114,15 @@ class Ensemble:
         seed: int,
         batch_index: int = 0,
     ) -> tuple[list[str], GenerationStats]:
-        """One prepared batch, decoded as it is given (no checks, no batching): for callers that did both."""
-        return generate_batch(self, prompts, until, sampling, max_new_tokens, seed, batch_index)
+        """One prepared batch, generated as it is given (no checks, no batching): for callers that did both."""
+        decoder = Decoder(self, prompts, until, sampling, seed, batch_index)
+        rng = torch.Generator(device=decoder.home).manual_seed(stream_seed(seed, SAMPLING_STREAM, batch_index))
+        for _ in range(max_new_tokens):
+            step = decoder.step()
+            decoder.append(pick(step.dist, sampling, rng).tolist())
+            if decoder.done:
+                break
+        return decoder.texts(), decoder.stats
 
 
 def _per_prompt_stops(until, count: int) -> list[tuple[str, ...]]:
