@@ -29,6 +29,18 @@ def test_compared_strategies_share_the_loaded_members_and_end_with_the_runs_own(
     assert [label for label, _ in compared_ensembles(pair, ["mixture", "averaging"])] == ["averaging", "mixture"]
 
 
+def test_other_weights_share_the_loaded_models_and_a_zero_weight_member_never_runs(pair):
+    leaning = pair.with_weights([3.0, 1.0])
+    assert leaning.members is pair.members and leaning.vocab is pair.vocab and leaning.strategy is pair.strategy
+    assert leaning.weights == pytest.approx((0.75, 0.25)) and pair.weights == pytest.approx((0.6, 0.4))
+    settings = {"max_new_tokens": 8, "do_sample": True, "top_k": 5, "seed": 4}
+    only_a = pair.with_weights([1.0, 0.0]).generate(["The capital of France is"], **settings)
+    alone = pair.with_strategy("single", member="a").generate(["The capital of France is"], **settings)
+    assert only_a.texts == alone.texts and only_a.stats.members["c"].forward_passes == 0
+    with pytest.raises(mixens.ConfigError, match="1 weights for 2 members"):
+        pair.with_weights([1.0])
+
+
 def test_a_member_alone_inside_the_ensemble_writes_what_it_writes_loaded_alone(tiny_models):
     # A shared vocabulary: token for token the same. (In a union of different vocabularies a member's
     # tokens with the same surface text are one entry, so its text distribution is kept, not its ids.)
