@@ -4,6 +4,7 @@ picks the tokens and appends them."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -11,12 +12,14 @@ import numpy as np
 import torch
 
 from mixens.cache import FeedStats, MemberCache
-from mixens.members import Member
+from mixens.errors import ConfigError
+from mixens.members import Member, context_length
 from mixens.sampling import Sampling, transformed_probs
 from mixens.strategies import MemberOutputs, StepContext
 from mixens.transcript import make_transcript
 from mixens.vocab import SharedVocab
 
+log = logging.getLogger(__name__)
 ROUTING_STREAM, SAMPLING_STREAM = 0, 1
 
 
@@ -133,12 +136,17 @@ class Decoder:
         sampling: Sampling,
         seed: int,
         batch_index: int = 0,
+        room: int = 0,
     ):
+        """`room`: how many tokens the driver may append; a prompt that leaves a member less than that
+        of its context loses its first tokens (with a warning), as lm-eval's own models do."""
         self._clock = _StepClock(len(prompts))
         self.members, self.vocab, self.strategy = ensemble.members, ensemble.vocab, ensemble.strategy
         self.sampling = sampling
         rendered = [[m.render_prompt(p) for p in prompts] for m in self.members]
-        self.transcript = make_transcript(self.vocab, [m.tokenizer for m in self.members], rendered, until)
+        keep = [_prompt_budget(m, room) for m in self.members]
+        self.transcript = make_transcript(self.vocab, [m.tokenizer for m in self.members], rendered, until, keep)
+        _warn_if_truncated(self.members, self.transcript, keep)
         self.caches = [
             MemberCache(m.model, m.device, self.transcript.prompt_lengths(i), _pad_id(m), self.vocab.member_size(i))
             for i, m in enumerate(self.members)
@@ -245,6 +253,37 @@ def _merge_rows(new: torch.Tensor, new_rows: torch.Tensor, old: torch.Tensor | N
         return new
     fallback = torch.zeros_like(new) if old is None else torch.where(old_rows, old, torch.zeros_like(new))
     return torch.where(new_rows, new, fallback)
+
+
+def _prompt_budget(member: Member, room: int) -> int | None:
+    """The most prompt tokens a member can read and still write `room` tokens (None: no known limit)."""
+    window = context_length(member)
+    if window is None:
+        return None
+    if window <= room:
+        raise ConfigError(
+            f"member {member.name} reads at most {window} tokens, not enough for {room} new ones; "
+            "ask for fewer new tokens (max_new_tokens / max_gen_toks)."
+        )
+    return window - room
+
+
+_warned: set[str] = set()
+
+
+def _warn_if_truncated(members: list[Member], transcript, keep: list[int | None]) -> None:
+    for i, member in enumerate(members):
+        full, kept = transcript.full_prompt_lengths[i], transcript.prompt_lengths(i)
+        cut = [n for n, k in zip(full, kept) if n > k]
+        if cut and member.name not in _warned:
+            _warned.add(member.name)
+            log.warning(
+                "a prompt of %d tokens is longer than member %s can read with room for the answer (%d); "
+                "its first tokens are left out, as lm-eval does (said once per member)",
+                max(cut),
+                member.name,
+                keep[i],
+            )
 
 
 def _pad_id(member: Member) -> int:

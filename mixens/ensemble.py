@@ -115,7 +115,7 @@ class Ensemble:
         batch_index: int = 0,
     ) -> tuple[list[str], GenerationStats]:
         """One prepared batch, generated as it is given (no checks, no batching): for callers that did both."""
-        decoder = Decoder(self, prompts, until, sampling, seed, batch_index)
+        decoder = Decoder(self, prompts, until, sampling, seed, batch_index, room=max_new_tokens)
         rng = torch.Generator(device=decoder.home).manual_seed(stream_seed(seed, SAMPLING_STREAM, batch_index))
         for _ in range(max_new_tokens):
             step = decoder.step()

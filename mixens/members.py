@@ -101,6 +101,16 @@ def load_member(spec: ModelSpec, index: int) -> Member:
     return Member(spec, model, tokenizer, device, frozenset(eos_token_ids(model, tokenizer)))
 
 
+def context_length(member: Member) -> int | None:
+    """The most positions the member's model reads, from its config (None when it names no limit)."""
+    config = member.model.config.get_text_config()
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
 def eos_token_ids(model, tokenizer) -> set[int]:
     """Every id that ends a generation: the generation config's (often several) and the tokenizer's."""
     ids: set[int] = set()

@@ -98,8 +98,9 @@ class TeacherForcing:
         for batch_index, start in enumerate(range(0, len(self.prompts), self.batch_size)):
             refs = [reference_ids(self.ensemble, r) for r in self.references[start : start + self.batch_size]]
             prompts = self.prompts[start : start + self.batch_size]
-            decoder = Decoder(self.ensemble, prompts, [()] * len(refs), UNTRANSFORMED, self.seed, batch_index)
-            for position in range(max(len(r) for r in refs)):
+            longest = max(len(r) for r in refs)
+            decoder = Decoder(self.ensemble, prompts, [()] * len(refs), UNTRANSFORMED, self.seed, batch_index, longest)
+            for position in range(longest):
                 step = decoder.step()
                 rows = [b for b in range(len(refs)) if step.active[b] and position < len(refs[b])]
                 yield ForcedStep(step, rows, [refs[b][position] for b in rows], [start + b for b in rows])

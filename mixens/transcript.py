@@ -14,6 +14,9 @@ from mixens.vocab import SharedVocab, UnionVocab, split_incomplete_utf8
 
 
 class Transcript:
+    """`keep[i]`: the most prompt tokens member i may read (its context less the room for new tokens), or
+    None for no limit; a longer prompt loses its first tokens, as lm-eval's own models truncate."""
+
     def __init__(self, rows: int, until: Sequence[Sequence[str]]):
         self.done = [False] * rows
         self.until = [tuple(s for s in stops if s) for stops in until]
@@ -67,11 +70,16 @@ class Transcript:
 class TokenTranscript(Transcript):
     """Shared vocabulary: every member sees its own prompt ids followed by the generated ids."""
 
-    def __init__(self, vocab: SharedVocab, tokenizers, prompts: list[list[tuple[str, bool]]], until):
+    def __init__(self, vocab: SharedVocab, tokenizers, prompts: list[list[tuple[str, bool]]], until, keep=None):
         super().__init__(len(prompts[0]), until)
         self.vocab = vocab
         self.decoder = tokenizers[0]
-        self.prompt_ids = [_tokenize(tok, member_prompts) for tok, member_prompts in zip(tokenizers, prompts)]
+        tokenized = [_tokenize(t, p) for t, p in zip(tokenizers, prompts)]
+        self.full_prompt_lengths = [[len(ids) for ids in rows] for rows in tokenized]
+        self.prompt_ids = [
+            [ids[len(ids) - limit :] if limit is not None and len(ids) > limit else ids for ids in rows]
+            for rows, limit in zip(tokenized, keep or [None] * len(tokenized))
+        ]
         self.generated: list[list[int]] = [[] for _ in self.done]
 
     def target_ids(self, member: int) -> list[list[int]]:
@@ -95,19 +103,26 @@ class TokenTranscript(Transcript):
 class TextTranscript(Transcript):
     """Different tokenizers: the generated text (bytes) is the state; members re-tokenise it."""
 
-    def __init__(self, vocab: UnionVocab, tokenizers, prompts: list[list[tuple[str, bool]]], until):
+    def __init__(self, vocab: UnionVocab, tokenizers, prompts: list[list[tuple[str, bool]]], until, keep=None):
         super().__init__(len(prompts[0]), until)
         self.vocab = vocab
         self.codecs = vocab.codecs
         self.prompts = prompts
         self.generated: list[bytes] = [b"" for _ in self.done]
-        self._prompt_lengths = [[len(ids) for ids in _tokenize(tok, p)] for tok, p in zip(tokenizers, prompts)]
+        self.full_prompt_lengths = [[len(ids) for ids in _tokenize(t, p)] for t, p in zip(tokenizers, prompts)]
+        # The same leading ids are left out of every re-tokenisation: they lie deep in the prompt, which
+        # the generated text does not re-tokenise.
+        self._cut = [
+            [max(0, n - limit) if limit is not None else 0 for n in lengths]
+            for lengths, limit in zip(self.full_prompt_lengths, keep or [None] * len(tokenizers))
+        ]
 
     def target_ids(self, member: int) -> list[list[int]]:
-        return self.codecs[member].encode(self.prompts[member], self.generated)
+        encoded = self.codecs[member].encode(self.prompts[member], self.generated)
+        return [ids[cut:] for ids, cut in zip(encoded, self._cut[member])]
 
     def prompt_lengths(self, member: int) -> list[int]:
-        return self._prompt_lengths[member]
+        return [n - cut for n, cut in zip(self.full_prompt_lengths[member], self._cut[member])]
 
     def _is_eos(self, token: int) -> bool:
         return token == UnionVocab.EOS
@@ -126,6 +141,6 @@ def _tokenize(tokenizer, prompts: list[tuple[str, bool]]) -> list[list[int]]:
     return [tokenizer(text, add_special_tokens=add)["input_ids"] for text, add in prompts]
 
 
-def make_transcript(vocab, tokenizers, prompts, until) -> Transcript:
+def make_transcript(vocab, tokenizers, prompts, until, keep: Sequence[int | None] | None = None) -> Transcript:
     cls = TokenTranscript if vocab.shared else TextTranscript
-    return cls(vocab, tokenizers, prompts, until)
+    return cls(vocab, tokenizers, prompts, until, keep)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import spec
+from conftest import CORPUS, _byte_level_bpe, spec
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import mixens
+from mixens import decoding
 
 PROMPTS = ["The capital of France is", "Question: what is 12 + 30?\nAnswer:", "Hi", "def add(a, b):"]
 
@@ -126,3 +127,33 @@ def test_a_string_is_one_prompt_and_a_bad_batch_size_is_refused(tiny_models):
     for bad in (0, -1, 2.5):
         with pytest.raises(mixens.ConfigError, match="batch_size must be an integer >= 1"):
             ensemble.generate(["a", "b"], max_new_tokens=2, batch_size=bad)
+
+
+@pytest.mark.parametrize("vocab", ["shared", "different"])
+def test_a_prompt_longer_than_the_context_loses_its_first_tokens_with_a_warning(ensembles, vocab, caplog):
+    """As lm-eval's own models do: the tiny members read 1024 positions, so 8 new tokens leave 1016."""
+    long_prompt = " ".join(CORPUS) * 6  # 2,000 to 3,700 tokens, by tokenizer
+    ensemble = ensembles[vocab]["averaging"]
+    decoding._warned.clear()  # said once per member name in a process
+    with caplog.at_level("WARNING", logger="mixens.decoding"):
+        result = ensemble.generate([long_prompt, "Hi"], max_new_tokens=8, do_sample=False, batch_size=2)
+    for fed in result.stats.members.values():  # both rows' prompts: the long one cut to at most 1016, "Hi"
+        assert 990 < fed.prompt_tokens <= 1016 + 4
+    assert result.stats.tokens_generated > 0
+    assert caplog.text.count("its first tokens are left out") == 2  # once for each member
+
+
+def test_a_learned_position_model_reads_a_long_prompt_instead_of_crashing(tmp_path):
+    """GPT-2-style models index a position table: past its end they used to fail with an IndexError."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    tokenizer = _byte_level_bpe()
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=64, n_embd=32, n_layer=1, n_head=2)
+    GPT2LMHeadModel(config).save_pretrained(tmp_path / "gpt2")
+    tokenizer.save_pretrained(tmp_path / "gpt2")
+    ensemble = mixens.load_ensemble([spec(str(tmp_path / "gpt2"), "g")], "single")
+    result = ensemble.generate([" ".join(CORPUS)], max_new_tokens=6, do_sample=False)
+    assert result.stats.members["g"].prompt_tokens == 64 - 6
+    with pytest.raises(mixens.ConfigError, match="reads at most 64 tokens, not enough for 64 new ones"):
+        ensemble.generate(["Hi"], max_new_tokens=64)
