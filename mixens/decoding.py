@@ -147,6 +147,13 @@ class Decoder:
         keep = [_prompt_budget(m, room) for m in self.members]
         self.transcript = make_transcript(self.vocab, [m.tokenizer for m in self.members], rendered, until, keep)
         _warn_if_truncated(self.members, self.transcript, keep)
+        for i, member in enumerate(self.members):
+            if 0 in self.transcript.prompt_lengths(i):
+                row = self.transcript.prompt_lengths(i).index(0)
+                raise ConfigError(
+                    f"prompt {row} of the batch is empty for member {member.name}, whose tokenizer adds no start "
+                    "token, so there is nothing to condition on; give each prompt at least one character."
+                )
         self.caches = [
             MemberCache(m.model, m.device, self.transcript.prompt_lengths(i), _pad_id(m), self.vocab.member_size(i))
             for i, m in enumerate(self.members)

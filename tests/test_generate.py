@@ -157,3 +157,10 @@ def test_a_learned_position_model_reads_a_long_prompt_instead_of_crashing(tmp_pa
     assert result.stats.members["g"].prompt_tokens == 64 - 6
     with pytest.raises(mixens.ConfigError, match="reads at most 64 tokens, not enough for 64 new ones"):
         ensemble.generate(["Hi"], max_new_tokens=64)
+
+
+@pytest.mark.parametrize("vocab", ["shared", "different"])
+def test_an_empty_prompt_for_a_member_without_a_start_token_is_one_clear_error(ensembles, vocab):
+    for prompts in ([""], ["Hi", ""]):
+        with pytest.raises(mixens.ConfigError, match=r"prompt \d of the batch is empty for member a"):
+            ensembles[vocab]["mixture"].generate(prompts, max_new_tokens=3)
