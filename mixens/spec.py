@@ -109,8 +109,7 @@ def validate_path(spec: ModelSpec, index: int) -> None:
         return
     local = Path(os.path.expanduser(path))
     if local.is_dir():
-        if not (local / "config.json").exists():
-            raise ConfigError(f"{where} '{path}' is a folder without config.json; point it at a saved model folder.")
+        check_model_folder(local, f"{where} '{path}'")
         return
     if path.startswith((".", "/", "~")) or path.count("/") > 1:
         raise ConfigError(f"{where} '{path}' does not exist; give an existing model folder.")
@@ -121,8 +120,35 @@ def validate_path(spec: ModelSpec, index: int) -> None:
     if os.environ.get("HF_HUB_OFFLINE") == "1" and not _in_hub_cache(path, spec.revision):
         raise ConfigError(
             f"{where} '{path}' is not in the local Hugging Face cache and HF_HUB_OFFLINE=1; "
-            "download it first (huggingface-cli download) or give a local folder."
+            "download it first (hf download) or give a local folder."
         )
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model")
+
+
+def check_model_folder(folder: Path, where: str) -> None:
+    """A saved model folder: its config, a tokenizer, and weights whose headers read (no weights loaded)."""
+    if not (folder / "config.json").exists():
+        raise ConfigError(f"{where} is a folder without config.json; point it at a saved model folder.")
+    if not any((folder / name).exists() for name in TOKENIZER_FILES):
+        raise ConfigError(
+            f"{where} has no tokenizer ({', '.join(TOKENIZER_FILES)}); save one beside the model "
+            "(tokenizer.save_pretrained(folder))."
+        )
+    shards = sorted(folder.glob("*.safetensors"))
+    if not shards and not any(folder.glob("*.bin")):
+        raise ConfigError(f"{where} has no weights (*.safetensors or *.bin); save the model there (save_pretrained).")
+    from safetensors import safe_open
+
+    for shard in shards:
+        try:
+            with safe_open(str(shard), framework="pt") as weights:
+                weights.keys()
+        except Exception as err:  # safetensors raises its own error types for a bad header
+            raise ConfigError(
+                f"{where}: {shard.name} is not a readable safetensors file ({err}); save or download it again."
+            ) from None
 
 
 def _in_hub_cache(repo_id: str, revision: str | None) -> bool:

@@ -57,6 +57,30 @@ def test_folder_without_a_model(tmp_path, no_loading):
         mixens.load_ensemble([{"name": "m", "path": str(tmp_path)}], "mixture")
 
 
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("tokenizer", r"has no tokenizer \(tokenizer.json"),
+        ("weights", r"has no weights"),
+        ("corrupt", r"model.safetensors is not a readable safetensors file"),
+    ],
+)
+def test_a_model_folder_missing_a_part_is_named_before_loading(tiny_models, tmp_path, no_loading, damage, message):
+    import shutil
+
+    folder = shutil.copytree(tiny_models["bpe_a"], tmp_path / "model")
+    if damage == "tokenizer":
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            (folder / name).unlink(missing_ok=True)
+    elif damage == "weights":
+        for shard in folder.glob("*.safetensors"):
+            shard.unlink()
+    else:
+        (folder / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not a header")
+    with pytest.raises(mixens.ConfigError, match=message):
+        mixens.load_ensemble([{"name": "m", "path": str(folder)}], "mixture")
+
+
 @pytest.mark.parametrize("device", ["cuda:99", "tpu", "mps"])
 def test_device_that_is_not_there(tiny_models, no_loading, device):
     import torch
