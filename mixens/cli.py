@@ -66,7 +66,7 @@ def evaluate(cfg: DictConfig, out_dir: Path, plan: RunPlan) -> dict:
     import lm_eval.evaluator
 
     from mixens.comparison import compared_ensembles
-    from mixens.ensemble import load_ensemble
+    from mixens.ensemble import load_validated
     from mixens.harness import EnsembleLM
     from mixens.offline_data import reading_from, resolve_hub_mirror
     from mixens.results_files import git_commit
@@ -81,7 +81,7 @@ def evaluate(cfg: DictConfig, out_dir: Path, plan: RunPlan) -> dict:
     with reading_from(mirror):
         manager = task_manager_for(tasks)
         check_datasets(tasks, manager, mirror)
-    ensemble = load_ensemble(plan.specs, plan.strategy, batch_size=cfg.batch_size)
+    ensemble = load_validated(plan.specs, plan.strategy, batch_size=cfg.batch_size)
     evaluations = []
     for label, each in compared_ensembles(ensemble, list(cfg.compare)):
         if cfg.compare:

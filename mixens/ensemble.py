@@ -147,8 +147,7 @@ def load_ensemble(
 
     `strategy` is a name with its options as keywords (members by name: `member` for single, `draw` for
     mixture, `union_top_k` for averaging_topk_union, the router's in strategies/router.py), or a strategy
-    already built by `mixens.strategies.build_strategy`. A strategy that runs fewer members than given
-    (single) loads only those.
+    already built by `mixens.strategies.build_strategy`.
     """
     specs = [ModelSpec.from_mapping(raw, i) for i, raw in enumerate(models)]
     validate_members(specs)
@@ -158,6 +157,12 @@ def load_ensemble(
         strategy = build_strategy(strategy, [s.name for s in specs], strategy_options)
     elif strategy_options:
         raise ConfigError(f"options {sorted(strategy_options)} go with a strategy name, not a built strategy.")
+    return load_validated(specs, strategy, batch_size)
+
+
+def load_validated(specs: Sequence[ModelSpec], strategy: Strategy, batch_size: int = 8) -> Ensemble:
+    """Load members that were already validated (load_ensemble, or a run's plan) under a built strategy.
+    A strategy that runs fewer members than given (single) loads only those."""
     used = strategy.members_used()
     if used is not None:
         specs, strategy = [specs[i] for i in used], strategy.restricted()
