@@ -20,7 +20,7 @@ from mixens.config import RunPlan, generation_overrides, register_schema, valida
 from mixens.errors import ConfigError
 
 log = logging.getLogger("mixens")
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+CONF_DIR = str(Path(__file__).resolve().parent / "conf")  # inside the package, so an installed wheel has it
 
 register_schema()
 

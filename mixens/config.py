@@ -1,6 +1,6 @@
 """The typed schema of a run (registered in Hydra's ConfigStore) and its validation.
 
-conf/ holds the values; this module says what a value may be (a model entry is checked by
+mixens/conf/ holds the values; this module says what a value may be (a model entry is checked by
 mixens.spec.ModelSpec). `validate_run` checks everything that
 needs no model weights and no dataset, so a mistake is reported in a second.
 """
@@ -27,7 +27,7 @@ from mixens.strategies import Strategy, build_strategy
 @dataclass
 class EnsembleConfig:
     strategy: str = "mixture"  # mixture | averaging | averaging_topk_union | single | router
-    # Only the chosen strategy's options (conf/ensemble/<strategy>.yaml lists them with their defaults);
+    # Only the chosen strategy's options (mixens/conf/ensemble/<strategy>.yaml lists them with their defaults);
     # checked by the strategy itself (mixens.strategies.build_strategy).
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -131,7 +131,7 @@ def model_specs(cfg: DictConfig) -> list[ModelSpec]:
 def validate_run(cfg: DictConfig) -> RunPlan:
     """Everything that needs no model weights and no dataset, checked once: ConfigError names the field."""
     if not cfg.models:
-        raise ConfigError("models is empty; pick models with models=[name,...] (see conf/models/).")
+        raise ConfigError("models is empty; pick models with models=[name,...] (see mixens/conf/models/).")
     specs = [replace(s, path=absolute_if_local(s.path)) for s in model_specs(cfg)]
     if not cfg.benchmark.member_chat_templates:
         specs = [replace(s, chat_template=False) for s in specs]

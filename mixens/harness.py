@@ -19,7 +19,7 @@ model_args: lm-eval splits them at ',' and '='; a list is written with '|':
                      member wrap each prompt in its own tokenizer's chat template
   strategy           mixture | averaging | averaging_topk_union | single | router (default mixture)
   seed, max_gen_toks, max_length, batch_size
-  any other key      an option of the chosen strategy, as in conf/ensemble/<strategy>.yaml: member
+  any other key      an option of the chosen strategy, as in mixens/conf/ensemble/<strategy>.yaml: member
                      (single), draw (mixture), union_top_k (averaging_topk_union), policy, designated,
                      threshold, ... (router); members by name. The strategy refuses keys it lacks.
 lm-eval's --batch_size and --device apply when model_args does not set them ('auto' batch sizes fall back

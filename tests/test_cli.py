@@ -319,3 +319,35 @@ def test_sigterm_marks_the_job_interrupted_and_skip_existing_reruns_it(tiny_mode
     assert again.returncode == 0, again.stderr[-3000:]
     assert "skipping" not in again.stdout and (tmp_path / "run" / "results.json").is_file()
     assert not (tmp_path / "run" / "failed.json").exists()
+
+
+def test_an_installed_wheel_carries_its_configs_and_runs_outside_the_checkout(tmp_path):
+    """The Hydra configs live in the package, so `python -m mixens` works from a wheel, not only a checkout."""
+    import shutil
+
+    source = tmp_path / "source"  # a copy: building writes build/ and *.egg-info beside the sources
+    shutil.copytree(REPO / "mixens", source / "mixens", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(REPO / name, source / name)
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(source)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert built.returncode == 0, built.stderr[-2000:]
+    (wheel,) = tmp_path.glob("mixens-*.whl")
+    site = tmp_path / "site"
+    installed = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert installed.returncode == 0, installed.stderr[-2000:]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    probe = [sys.executable, "-c", "import mixens.cli; print(mixens.cli.CONF_DIR)"]
+    where = subprocess.run(probe, cwd=elsewhere, env=env, capture_output=True, text=True, timeout=120)
+    assert where.stdout.strip().startswith(str(site)), where.stderr[-2000:]
+    shown = subprocess.run([sys.executable, "-m", "mixens", "--cfg", "job"], cwd=elsewhere, env=env,
+                           capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert "strategy: mixture" in shown.stdout and "sciq_gen" in shown.stdout

@@ -1,4 +1,4 @@
-"""The presets in conf/experiment/: each composes, and its sweep expands to the table's jobs (no model runs)."""
+"""The presets in mixens/conf/experiment/: each composes, and its sweep expands to the table's jobs (no model runs)."""
 
 from __future__ import annotations
 
