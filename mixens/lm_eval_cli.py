@@ -7,6 +7,9 @@ Every argument is lm-eval's. lm-eval knows only models whose module was imported
 imports mixens.harness first. Without --include_path, mixens' own tasks (gsm8k_paper, mmlu_paper,
 ...) are added to lm-eval's; with one, give mixens/tasks there too if they are wanted.
 
+Results under --output_path go to a folder named for the ensemble (mixens-<strategy>-<member names>)
+rather than lm-eval's random one (it looks for pretrained= in --model_args, which mixens has not).
+
 lm-eval's request cache (--use_cache PATH) is keyed by the requests alone, so a cache written by one
 ensemble would answer for another (another strategy, weights or members). Here the cache path gets a
 digest of --model and --model_args: each ensemble reads and writes its own cache.
@@ -65,10 +68,26 @@ def _option_values(argv: list[str]) -> dict[str, str]:
     return values
 
 
+def ensemble_name(model_args) -> str | None:
+    """A readable name for a mixens ensemble from its model_args (None for other models' arguments)."""
+    from lm_eval.utils import simple_parse_args_string
+
+    values = simple_parse_args_string(model_args) if isinstance(model_args, str) else dict(model_args or {})
+    if not values.get("models"):
+        return None
+    paths = str(values["models"]).split("|")
+    names = str(values["names"]).split("|") if values.get("names") else [p.rstrip("/").split("/")[-1] for p in paths]
+    return f"mixens-{values.get('strategy') or 'mixture'}-{'+'.join(names)}"
+
+
 def main() -> None:
     from lm_eval.__main__ import cli_evaluate
+    from lm_eval.loggers.evaluation_tracker import GeneralConfigTracker
 
     import mixens.harness  # noqa: F401  registers the "mixens" model
+
+    lm_evals_own = GeneralConfigTracker._get_model_name
+    GeneralConfigTracker._get_model_name = staticmethod(lambda args: ensemble_name(args) or lm_evals_own(args))
 
     sys.argv = [sys.argv[0], *cache_keyed_by_model(with_mixens_tasks(sys.argv[1:]))]
     cli_evaluate()

@@ -333,6 +333,7 @@ def test_lm_evals_own_cli_runs_the_mixens_model(tiny_models, tmp_path):
     done = subprocess.run(args, cwd=HUB_FIXTURE, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     (written,) = (tmp_path / "out").rglob("results_*.json")
+    assert written.parent.name == "mixens-mixture-bpe_a+sp_c"  # named for the ensemble, not a random id
     results = json.loads(written.read_text())
     assert results["config"]["model"] == "mixens"
     assert results["results"]["gsm8k_paper"]["sample_len"] == 2
