@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -58,6 +59,17 @@ class Ensemble:
     def with_weights(self, weights: Sequence[float]) -> Ensemble:
         """The same loaded members under other weights (normalised to sum to one)."""
         return Ensemble(self.members, self.strategy, self.batch_size, self.vocab, weights)
+
+    def with_chat_templates(self) -> Ensemble:
+        """The same models, every member that reads prompts as written now wrapping them in its tokenizer's
+        own chat template."""
+        members = [
+            dataclasses.replace(m, spec=dataclasses.replace(m.spec, chat_template=True))
+            if m.spec.chat_template is False
+            else m
+            for m in self.members
+        ]
+        return Ensemble(members, self.strategy, self.batch_size, self.vocab, self.weights)
 
     @property
     def shared_vocabulary(self) -> bool:

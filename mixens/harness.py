@@ -196,12 +196,10 @@ class EnsembleLM(LM):
 
     def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
         """The user message itself: each member that asks for a chat template wraps it in its own template
-        when it reads the prompt (Member.render_prompt), so members with different templates see their own."""
+        when it reads the prompt (Member.render_prompt), so members with different templates see their own.
+        When no member asks (--apply_chat_template alone), every member uses its tokenizer's own template."""
         if all(m.spec.chat_template is False for m in self.members):
-            raise ConfigError(
-                "lm-eval was asked to apply a chat template but no member asks for one; set chat_template=true "
-                "in model_args (or the member's spec) so that each member uses its own template."
-            )
+            self._use_member_templates()
         roles = [turn.get("role") for turn in chat_history]
         if roles != ["user"] or not add_generation_prompt:
             raise ConfigError(
@@ -216,12 +214,21 @@ class EnsembleLM(LM):
         if chat_template is False or chat_template is None:
             return None
         parts = []
-        for m in self.members:
-            if m.spec.chat_template is False:
-                continue
+        asking = [m for m in self.members if m.spec.chat_template is not False] or self.members
+        for m in asking:
             template = m.spec.chat_template if isinstance(m.spec.chat_template, str) else m.tokenizer.chat_template
             parts.append(f"{{# member {m.name} #}}\n{template}")
         return "\n".join(parts) or None
+
+    def _use_member_templates(self) -> None:
+        missing = [m.name for m in self.members if not getattr(m.tokenizer, "chat_template", None)]
+        if missing:
+            raise ConfigError(
+                f"lm-eval was asked to apply a chat template, but the tokenizer of {missing} has none; give one "
+                "with chat_template=<Jinja template> in model_args, or drop --apply_chat_template."
+            )
+        self.ensemble = self.ensemble.with_chat_templates()
+        self.encoders = [MemberEncoder(m, e.max_length) for m, e in zip(self.ensemble.members, self.encoders)]
 
     # ------------------------------------------------------------------ generation
 

@@ -242,8 +242,26 @@ def test_chat_template_members_read_lm_evals_prompts_through_their_template(tiny
 
     with pytest.raises(ConfigError, match="fewshot_as_multiturn"):
         lm.apply_chat_template([{"role": "user", "content": "1+1?"}, {"role": "assistant", "content": "2"}])
-    with pytest.raises(ConfigError, match="chat_template=true"):
+    with pytest.raises(ConfigError, match=rf"the tokenizer of \['{name}'\] has none"):
         single(tiny_models[name], name).apply_chat_template([{"role": "user", "content": "Hi"}])
+
+
+def test_apply_chat_template_alone_turns_on_each_members_own_template(tiny_models, tmp_path):
+    """lm-eval's --apply_chat_template with no chat_template in model_args: each tokenizer's own template."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    folder = shutil.copytree(tiny_models["bpe_a"], tmp_path / "with_template")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(folder)
+    lm = single(str(folder), "t")
+    assert lm.members[0].spec.chat_template is False and CHAT_TEMPLATE in lm.chat_template(True)
+    prompt = lm.apply_chat_template([{"role": "user", "content": "What is 12 + 30?"}])
+    rendered, _ = lm.members[0].render_prompt(prompt)
+    assert rendered.endswith("<|user|>What is 12 + 30?\n<|assistant|>")
+    assert lm.encoders[0].member is lm.members[0]  # likelihood reads through the template too
 
 
 # ---------------------------------------------------------------------------------- ensemble likelihoods
