@@ -87,6 +87,7 @@ def wandb_run(logger, config: dict, folder: Path, group: str | None, name: str, 
         dir=str(folder),
         mode=logger.mode,
         reinit="finish_previous",
+        settings=wandb.Settings(quiet=True),  # the run's folder and errors, not a banner per job
     )
     failed = True
     try:

@@ -201,6 +201,9 @@ def test_multirun_of_two_strategies_and_two_seeds_writes_four_results_and_four_w
     assert done.returncode == 0, done.stderr[-3000:]
     jobs = sorted(p.parent for p in (tmp_path / "sweep").glob("*/results.json"))
     assert len(jobs) == 4
+    console = (done.stdout + done.stderr).splitlines()
+    banners = [line for line in console if line.startswith("wandb:")]
+    assert len(banners) <= 3 * len(jobs), banners  # quiet: where each run went, not a banner per job
     seen = set()
     for job in jobs:
         record = json.loads((job / "results.json").read_text())
