@@ -58,6 +58,13 @@ def check_datasets(tasks: list[str], manager, mirror) -> None:
             raise unreachable_dataset_error(task, err, mirror) from err
 
 
+class _SamplingAlreadyOn(logging.Filter):
+    """lm-eval warns "Ensure 'do_sample=True'" for every generation override, also when it is on."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Ensure 'do_sample=True'" not in record.getMessage()
+
+
 def evaluate(cfg: DictConfig, out_dir: Path, plan: RunPlan) -> dict:
     """Evaluate a validated run (`plan` = validate_run(cfg)) and write its results.
 
@@ -76,6 +83,8 @@ def evaluate(cfg: DictConfig, out_dir: Path, plan: RunPlan) -> dict:
     lm_eval.evaluator.get_git_commit_hash = git_commit
     mirror = resolve_hub_mirror(cfg.data.hub_mirror)
     bench = cfg.benchmark
+    if bench.do_sample:
+        logging.getLogger("lm_eval.evaluator").addFilter(_SamplingAlreadyOn())
     tasks = list(bench.tasks)
     started = time.time()
     with reading_from(mirror):
