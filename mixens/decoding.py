@@ -7,6 +7,7 @@ import dataclasses
 import logging
 import time
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -18,6 +19,9 @@ from mixens.sampling import Sampling, transformed_probs
 from mixens.strategies import MemberOutputs, StepContext
 from mixens.transcript import make_transcript
 from mixens.vocab import SharedVocab
+
+if TYPE_CHECKING:
+    from mixens.ensemble import Ensemble
 
 log = logging.getLogger(__name__)
 ROUTING_STREAM, SAMPLING_STREAM = 0, 1
@@ -130,7 +134,7 @@ class Decoder:
 
     def __init__(
         self,
-        ensemble,
+        ensemble: Ensemble,
         prompts: list[str],
         until: list[tuple[str, ...]],
         sampling: Sampling,
@@ -147,13 +151,7 @@ class Decoder:
         keep = [_prompt_budget(m, room) for m in self.members]
         self.transcript = make_transcript(self.vocab, [m.tokenizer for m in self.members], rendered, until, keep)
         _warn_if_truncated(self.members, self.transcript, keep)
-        for i, member in enumerate(self.members):
-            if 0 in self.transcript.prompt_lengths(i):
-                row = self.transcript.prompt_lengths(i).index(0)
-                raise ConfigError(
-                    f"prompt {row} of the batch is empty for member {member.name}, whose tokenizer adds no start "
-                    "token, so there is nothing to condition on; give each prompt at least one character."
-                )
+        _refuse_empty_prompts(self.members, self.transcript)
         self.caches = [
             MemberCache(m.model, m.device, self.transcript.prompt_lengths(i), _pad_id(m), self.vocab.member_size(i))
             for i, m in enumerate(self.members)
@@ -273,6 +271,16 @@ def _prompt_budget(member: Member, room: int) -> int | None:
             "ask for fewer new tokens (max_new_tokens / max_gen_toks)."
         )
     return window - room
+
+
+def _refuse_empty_prompts(members: list[Member], transcript) -> None:
+    for i, member in enumerate(members):
+        lengths = transcript.prompt_lengths(i)
+        if 0 in lengths:
+            raise ConfigError(
+                f"prompt {lengths.index(0)} of the batch is empty for member {member.name}, whose tokenizer adds "
+                "no start token, so there is nothing to condition on; give each prompt at least one character."
+            )
 
 
 _warned: set[str] = set()
