@@ -17,7 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from mixens.config import RunPlan, generation_overrides, register_schema, validate_run
-from mixens.errors import ConfigError
+from mixens.errors import ConfigError, OutputError
 
 log = logging.getLogger("mixens")
 CONF_DIR = str(Path(__file__).resolve().parent / "conf")  # inside the package, so an installed wheel has it
@@ -117,15 +117,16 @@ def evaluate(cfg: DictConfig, out_dir: Path, plan: RunPlan) -> dict:
 
 
 def record_run(cfg: DictConfig, out_dir: Path, evaluations: list, seconds: float) -> dict:
-    """results.json for the run's own strategy (the last evaluation), with the comparison rows if any."""
+    """results.json for the run's own strategy (the last evaluation), with the comparison rows if any.
+
+    A disk that fails (full, read-only) costs what cannot be written and nothing else: without room
+    for the per-problem outputs the metrics are still written; without room for those, they are
+    printed, and the error says where the writing failed."""
     from mixens.comparison import comparison_rows
     from mixens.members import describe
     from mixens.results_files import git_commit, metrics_by_task, versions, write_results, write_samples
 
     _, results, lm = evaluations[-1]
-    for label, compared, _ in evaluations[:-1]:
-        write_samples(out_dir / "compare" / label, compared.get("samples") or {})
-    samples = write_samples(out_dir, results.get("samples") or {})
     record = {
         "config": OmegaConf.to_container(cfg, resolve=True),
         "metrics": metrics_by_task(results),
@@ -134,7 +135,7 @@ def record_run(cfg: DictConfig, out_dir: Path, evaluations: list, seconds: float
         "seed": cfg.seed,
         "git_commit": git_commit(),
         "members": [describe(m, w) for m, w in zip(lm.ensemble.members, lm.ensemble.weights)],
-        "samples": samples,
+        "samples": {},
         "group_subtasks": results.get("group_subtasks"),  # which samples files a group's score averages
         "n_samples": results.get("n-samples"),
         "seconds": seconds,
@@ -144,14 +145,32 @@ def record_run(cfg: DictConfig, out_dir: Path, evaluations: list, seconds: float
         record["comparison"] = comparison_rows(
             [(label, r, m.speed_stats.as_dict()) for label, r, m in evaluations], tasks
         )
-    record["path"] = str(write_results(out_dir, record))
+    try:
+        for label, compared, _ in evaluations[:-1]:
+            write_samples(out_dir / "compare" / label, compared.get("samples") or {})
+        record["samples"] = write_samples(out_dir, results.get("samples") or {})
+    except OSError as err:
+        record["samples_error"] = f"{type(err).__name__}: {err}"
+        print(f"mixens: the per-problem outputs could not be written ({err}); the metrics are kept.", file=sys.stderr)
+    try:
+        record["path"] = str(write_results(out_dir, record))
+    except OSError as err:
+        print(console_table(record), file=sys.stderr)
+        raise OutputError(f"results could not be written to {out_dir} ({err}); the metrics are printed above.") from err
     return record
+
+
+def console_table(record: dict) -> str:
+    from mixens.comparison import comparison_table
+    from mixens.results_files import results_table
+
+    if record.get("comparison"):
+        return comparison_table(record["comparison"])
+    return results_table(record["metrics"], record["speed"])
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def main(cfg: DictConfig) -> dict:
-    from mixens.comparison import comparison_table
-    from mixens.results_files import results_table
 
     hydra_cfg = HydraConfig.get()
     out_dir = Path(hydra_cfg.runtime.output_dir)
@@ -169,16 +188,16 @@ def main(cfg: DictConfig) -> dict:
                 file=sys.stderr,
             )
             sys.exit(128 + err.signum)
+        if isinstance(err, OutputError):
+            print(f"mixens: {err}", file=sys.stderr)
+            sys.exit(1)
         if isinstance(err, ConfigError):
             print(f"mixens: {err}", file=sys.stderr)  # one clear sentence, not a traceback
             if sweep_dir is None:
                 sys.exit(2)
         raise
     (out_dir / "failed.json").unlink(missing_ok=True)  # from an earlier attempt of this job
-    if record.get("comparison"):
-        print(comparison_table(record["comparison"]))
-    else:
-        print(results_table(record["metrics"], record["speed"]))
+    print(console_table(record))
     print(f"results: {record['path']}")
     return record
 
@@ -246,7 +265,10 @@ def write_failure(out_dir: Path, cfg: DictConfig, err: BaseException) -> None:
         "traceback": traceback.format_exception(err),
         "config": OmegaConf.to_container(cfg, resolve=False),
     }
-    write_atomic(out_dir / "failed.json", json.dumps(failure, indent=2, default=str) + "\n")
+    try:
+        write_atomic(out_dir / "failed.json", json.dumps(failure, indent=2, default=str) + "\n")
+    except OSError as disk:  # the disk that failed the job may refuse this file too: say so, keep the error
+        print(f"mixens: {out_dir / 'failed.json'} could not be written ({disk}).", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -355,3 +356,30 @@ def test_an_installed_wheel_carries_its_configs_and_runs_outside_the_checkout(tm
                            capture_output=True, text=True, timeout=120)  # fmt: skip
     assert shown.returncode == 0, shown.stderr[-2000:]
     assert "strategy: mixture" in shown.stdout and "sciq_gen" in shown.stdout
+
+
+def test_a_disk_that_fails_at_the_end_loses_only_what_it_cannot_hold(tmp_path, monkeypatch, capsys):
+    """No room for the per-problem outputs: the metrics are still saved; no room at all: they are printed."""
+    import errno
+    from types import SimpleNamespace
+
+    from mixens import cli, results_files
+    from mixens.decoding import GenerationStats
+    from mixens.errors import OutputError
+
+    cfg = composed("compare=[]", "benchmark=gsm8k_paper")
+    results = {"results": {"gsm8k_paper": {"exact_match,extract": 0.25}}, "samples": {"gsm8k_paper": [{"doc": 1}]}}
+    lm = SimpleNamespace(speed_stats=GenerationStats(), ensemble=SimpleNamespace(members=[], weights=()))
+    full = OSError(errno.ENOSPC, "No space left on device")
+
+    def no_room(*args, **kwargs):
+        raise full
+
+    monkeypatch.setattr(results_files, "write_samples", no_room)
+    record = cli.record_run(cfg, tmp_path / "a", [("mixture", results, lm)], 1.0)
+    saved = json.loads(Path(record["path"]).read_text())
+    assert saved["metrics"]["gsm8k_paper"]["exact_match,extract"] == 0.25 and "No space left" in saved["samples_error"]
+    monkeypatch.setattr(results_files, "write_results", no_room)
+    with pytest.raises(OutputError, match="results could not be written .* the metrics are printed above"):
+        cli.record_run(cfg, tmp_path / "b", [("mixture", results, lm)], 1.0)
+    assert re.search(r"gsm8k_paper\s+exact_match,extract\s+0\.2500", capsys.readouterr().err)  # on the console
