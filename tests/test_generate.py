@@ -57,10 +57,14 @@ def test_two_copies_of_one_model_equal_that_model(tiny_models, strategy, do_samp
         assert sum(m.catchup_tokens for m in got.stats.members.values()) > 0
 
 
+ROUTERS = {"router_random": {"policy": "random"}, "router_confidence": {"policy": "confidence", "threshold": 0.4}}
+
+
 @pytest.mark.parametrize("vocab", ["shared", "different"])
-@pytest.mark.parametrize("strategy", ["mixture", "averaging"])
+@pytest.mark.parametrize("strategy", ["mixture", "averaging", *ROUTERS])
 def test_same_seed_same_texts_other_seed_other_texts(ensembles, vocab, strategy):
-    ensemble = ensembles[vocab][strategy]
+    base = ensembles[vocab]["mixture"]
+    ensemble = base.with_strategy("router", **ROUTERS[strategy]) if strategy in ROUTERS else ensembles[vocab][strategy]
     first = ensemble.generate(PROMPTS, max_new_tokens=16, seed=3).texts
     again = ensemble.generate(PROMPTS, max_new_tokens=16, seed=3).texts
     other = ensemble.generate(PROMPTS, max_new_tokens=16, seed=4).texts
