@@ -20,7 +20,7 @@ import sys
 import lm_eval
 import pytest
 import torch
-from conftest import HUB_FIXTURE, spec
+from conftest import HUB_FIXTURE, REPO, spec
 from lm_eval.api.instance import Instance
 from lm_eval.api.registry import get_model
 from lm_eval.models.huggingface import HFLM
@@ -424,3 +424,36 @@ def test_lm_evals_request_cache_is_kept_apart_for_each_ensemble():
     assert mixture.startswith("cache/run_") and averaging.startswith("cache/run_") and mixture != averaging
     assert cache_path("models=a|b,strategy=mixture", "joined") == mixture  # the same ensemble finds its cache
     assert cache_keyed_by_model(["run", "--model", "mixens"]) == ["run", "--model", "mixens"]  # no cache: unchanged
+
+
+def test_the_hydra_cli_and_the_python_api_write_the_same_texts(tiny_models, tmp_path, monkeypatch):
+    """One sampled run, two front doors: `python -m mixens` and simple_evaluate on a loaded ensemble."""
+    added = [f"+models.{n}={{name:{n},path:'{tiny_models[p]}',weight:1.0}}" for n, p in (("a", "bpe_a"), ("c", "sp_c"))]
+    settings = [
+        "benchmark.do_sample=true",
+        "benchmark.temperature=1.0",
+        "benchmark.top_k=5",
+        "benchmark.max_gen_toks=6",
+    ]
+    args = [sys.executable, "-m", "mixens", "models=[]", *added, "device=cpu", "batch_size=2", "seed=3",
+            "benchmark=gsm8k_paper", "benchmark.limit=2", *settings, f"data.hub_mirror={HUB_FIXTURE}",
+            "logger=none", f"hydra.run.dir={tmp_path}/run"]  # fmt: skip
+    done = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "run" / "samples_gsm8k_paper.jsonl").read_text().splitlines()]
+    from_cli = {row["doc_id"]: row["resps"][0][0] for row in rows}
+
+    monkeypatch.chdir(HUB_FIXTURE)
+    ensemble = mixens.load_ensemble([spec(tiny_models["bpe_a"], "a"), spec(tiny_models["sp_c"], "c")], "mixture")
+    results = lm_eval.simple_evaluate(
+        model=EnsembleLM(ensemble=ensemble, batch_size=2, seed=3),
+        tasks=["gsm8k_paper"],
+        limit=2,
+        task_manager=TaskManager(include_path=str(TASKS_DIR), include_defaults=False),
+        gen_kwargs={"do_sample": True, "temperature": 1.0, "top_k": 5, "max_gen_toks": 6},
+        log_samples=True,
+        random_seed=3, numpy_random_seed=3, torch_random_seed=3, fewshot_random_seed=3,
+        bootstrap_iters=0,
+    )  # fmt: skip
+    from_api = {row["doc_id"]: row["resps"][0][0] for row in results["samples"]["gsm8k_paper"]}
+    assert from_cli == from_api and len(from_api) == 2 and any(from_api.values())
