@@ -239,7 +239,10 @@ class EnsembleLM(LM):
         batches = Collator(
             args, sort_fn=lambda a: (-len(self.encoders[0].encode_prompt(a[0])), a[0]), group_by="gen_kwargs"
         )
-        settings = {_kwargs_key(kwargs): self._generation_settings(kwargs) for _, kwargs in args}
+        settings = {}
+        for _, kwargs in args:
+            if (key := _kwargs_key(kwargs)) not in settings:
+                settings[key] = self._generation_settings(kwargs)
         texts = []
         bar = tqdm(total=len(args), desc="mixens generate_until", disable=disable_tqdm)
         group_index, batch_index, previous = -1, 0, None
