@@ -65,6 +65,9 @@ class _SamplingAlreadyOn(logging.Filter):
         return "Ensure 'do_sample=True'" not in record.getMessage()
 
 
+SAMPLING_ALREADY_ON = _SamplingAlreadyOn()
+
+
 def evaluate(cfg: DictConfig, out_dir: Path, plan: RunPlan) -> dict:
     """Evaluate a validated run (`plan` = validate_run(cfg)) and write its results.
 
@@ -83,8 +86,11 @@ def evaluate(cfg: DictConfig, out_dir: Path, plan: RunPlan) -> dict:
     lm_eval.evaluator.get_git_commit_hash = git_commit
     mirror = resolve_hub_mirror(cfg.data.hub_mirror)
     bench = cfg.benchmark
+    lm_eval_log = logging.getLogger("lm_eval.evaluator")  # one process runs every job of a sweep
     if bench.do_sample:
-        logging.getLogger("lm_eval.evaluator").addFilter(_SamplingAlreadyOn())
+        lm_eval_log.addFilter(SAMPLING_ALREADY_ON)
+    else:
+        lm_eval_log.removeFilter(SAMPLING_ALREADY_ON)
     tasks = list(bench.tasks)
     started = time.time()
     with reading_from(mirror):
