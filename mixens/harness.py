@@ -57,7 +57,6 @@ DEFAULT_BATCH_SIZE = 8
 DEFAULT_MAX_LENGTH = 2048  # lm-eval's HF default when neither config nor tokenizer names a length
 MAX_TOKEN_KEYS = ("max_gen_toks", "max_new_tokens", "max_tokens", "max_completion_tokens")  # lm-eval's priority
 GEN_KWARGS = ("until", *MAX_TOKEN_KEYS, "do_sample", "temperature", "top_k", "top_p")
-PER_MEMBER_ARGS = ("weights", "names", "dtype", "device", "revision", "chat_template", "trust_remote_code")
 
 
 @register_model("mixens")
