@@ -6,6 +6,7 @@ import contextlib
 import difflib
 import json
 import logging
+import shutil
 import signal
 import sys
 import time
@@ -101,8 +102,9 @@ def evaluate(cfg: DictConfig, out_dir: Path, plan: RunPlan) -> dict:
     for label, each in compared_ensembles(ensemble, list(cfg.compare)):
         if cfg.compare:
             print(f"mixens: evaluating {label}", file=sys.stderr)
-        lm = EnsembleLM(ensemble=each, batch_size=cfg.batch_size, seed=cfg.seed)
-        with reading_from(mirror):
+        journal = open_journal(cfg, out_dir, label)
+        lm = EnsembleLM(ensemble=each, batch_size=cfg.batch_size, seed=cfg.seed, journal=journal)
+        with reading_from(mirror), contextlib.closing(journal):
             results = lm_eval.simple_evaluate(
                 model=lm,
                 tasks=tasks,
@@ -119,7 +121,27 @@ def evaluate(cfg: DictConfig, out_dir: Path, plan: RunPlan) -> dict:
                 bootstrap_iters=0,
             )
         evaluations.append((label, results, lm))
-    return record_run(cfg, out_dir, evaluations, time.time() - started)
+    record = record_run(cfg, out_dir, evaluations, time.time() - started)
+    if "samples_error" not in record:  # everything the journal kept is in the run's files now
+        shutil.rmtree(out_dir / JOURNAL_FOLDER, ignore_errors=True)
+    return record
+
+
+JOURNAL_FOLDER = "journal"
+
+
+def open_journal(cfg: DictConfig, out_dir: Path, label: str):
+    """The journal of one evaluation of the job: batches finished by an earlier attempt in this folder
+    are taken from it, so a job rerun after a crash or a kill redoes only the rest."""
+    from mixens.config import RESULT_NEUTRAL_KEYS
+    from mixens.journal import RequestJournal
+
+    config = OmegaConf.to_container(cfg, resolve=True)
+    identity = {"label": label, **{k: v for k, v in config.items() if k not in RESULT_NEUTRAL_KEYS}}
+    journal = RequestJournal(out_dir / JOURNAL_FOLDER / f"{label}.sqlite", identity)
+    if finished := journal.finished_batches():
+        print(f"mixens: resuming {label}: {finished} finished batches come from {journal.path}", file=sys.stderr)
+    return journal
 
 
 def record_run(cfg: DictConfig, out_dir: Path, evaluations: list, seconds: float) -> dict:
@@ -137,6 +159,7 @@ def record_run(cfg: DictConfig, out_dir: Path, evaluations: list, seconds: float
         "config": OmegaConf.to_container(cfg, resolve=True),
         "metrics": metrics_by_task(results),
         "speed": lm.speed_stats.as_dict(),
+        "resumed_requests": lm.journal.resumed if lm.journal is not None else 0,  # taken from an earlier attempt's journal
         "versions": versions(),
         "seed": cfg.seed,
         "git_commit": git_commit(),

@@ -46,7 +46,8 @@ from tqdm.auto import tqdm
 from mixens.decoding import GenerationStats
 from mixens.ensemble import Ensemble, load_ensemble
 from mixens.errors import ConfigError
-from mixens.likelihood import MemberEncoder, mixture_scores
+from mixens.journal import RequestJournal
+from mixens.likelihood import MemberEncoder, count_pieces, mixture_scores
 from mixens.members import Member, describe
 from mixens.sampling import Sampling, check_decoding_budget
 from mixens.spec import validate_device
@@ -56,6 +57,7 @@ log = logging.getLogger(__name__)
 DEFAULT_BATCH_SIZE = 8
 DEFAULT_MAX_LENGTH = 2048  # lm-eval's HF default when neither config nor tokenizer names a length
 MAX_TOKEN_KEYS = ("max_gen_toks", "max_new_tokens", "max_tokens", "max_completion_tokens")  # lm-eval's priority
+SCORE_SLICE = 512  # likelihood requests scored (and journaled) together: a few minutes of work at most
 GEN_KWARGS = ("until", *MAX_TOKEN_KEYS, "do_sample", "temperature", "top_k", "top_p")
 
 
@@ -78,10 +80,12 @@ class EnsembleLM(LM):
         seed: int = 0,
         max_gen_toks: int = 256,
         max_length: int | None = None,
+        journal: RequestJournal | None = None,
         **strategy_options,
     ):
         """An ensemble already loaded, or what to load: `models` and the per-member settings, `strategy`
-        (default mixture) and that strategy's own options by name (checked by the strategy)."""
+        (default mixture) and that strategy's own options by name (checked by the strategy). With a `journal`,
+        finished batches are kept there and taken from there when the job runs again."""
         super().__init__()
         batch_size = _batch_size(batch_size)
         per_member = {"weights": weights, "names": names, "dtype": dtype, "device": device, "revision": revision,
@@ -105,6 +109,7 @@ class EnsembleLM(LM):
         self._max_gen_toks = max_gen_toks
         self._max_length = max_length
         self.speed_stats = GenerationStats()
+        self.journal = journal
         self._device = ensemble.members[0].device
         lengths = [self._member_max_length(m) for m in ensemble.members]
         if ensemble.shared_vocabulary:  # one window size, so that every member scores the same tokens
@@ -250,15 +255,16 @@ class EnsembleLM(LM):
             group_index, batch_index = (group_index + 1, 0) if key != previous else (group_index, batch_index + 1)
             previous = key
             sampling, max_new_tokens, until = settings[key]
-            chunk_texts, stats = self.ensemble.decode(
-                [prompt for prompt, _ in chunk],
-                [until] * len(chunk),
-                sampling,
-                max_new_tokens,
-                # one seed per batch of each group: the random streams of every batch are independent
-                seed=_batch_seed(self.seed, group_index, batch_index),
-            )
-            self.speed_stats.add(stats)
+            prompts = [prompt for prompt, _ in chunk]
+            # one seed per batch of each group: the random streams of every batch are independent
+            seed = _batch_seed(self.seed, group_index, batch_index)
+            entry = RequestJournal.key("generate_until", seed, key, prompts)
+            chunk_texts = self.journal.get(entry, len(chunk)) if self.journal is not None else None
+            if chunk_texts is None:
+                chunk_texts, stats = self.ensemble.decode(prompts, [until] * len(chunk), sampling, max_new_tokens, seed)
+                self.speed_stats.add(stats)
+                if self.journal is not None:
+                    self.journal.put(entry, chunk_texts)
             for request, text in zip(chunk, chunk_texts):
                 self.cache_hook.add_partial("generate_until", request, text)
             texts.extend(chunk_texts)
@@ -331,15 +337,24 @@ class EnsembleLM(LM):
         return scores
 
     def _score(self, pieces, what: str, disable_tqdm: bool) -> list[tuple[float, bool]]:
-        return mixture_scores(
-            self.members,
-            self.ensemble.weights,
-            self.ensemble.shared_vocabulary,
-            pieces,
-            self.batch_size,
-            f"mixens {what}",
-            disable_tqdm,
-        )
+        """Scores in slices of SCORE_SLICE requests, each kept in the journal as it finishes."""
+        count = len(pieces[0])
+        weights, shared = self.ensemble.weights, self.ensemble.shared_vocabulary
+        bar = tqdm(total=count_pieces(weights, shared, pieces), desc=f"mixens {what}", disable=disable_tqdm)
+        scores = []
+        for start in range(0, count, SCORE_SLICE):
+            part = [member_pieces[start : start + SCORE_SLICE] for member_pieces in pieces]
+            entry = RequestJournal.key(what, part)
+            done = self.journal.get(entry, len(part[0])) if self.journal is not None else None
+            if done is None:
+                done = mixture_scores(self.members, weights, shared, part, self.batch_size, bar)
+                if self.journal is not None:
+                    self.journal.put(entry, done)
+            else:
+                bar.update(count_pieces(weights, shared, part))
+            scores.extend((float(logp), bool(greedy)) for logp, greedy in done)
+        bar.close()
+        return scores
 
 
 # ---------------------------------------------------------------------- model_args

@@ -29,7 +29,6 @@ from dataclasses import dataclass
 
 import torch
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
-from tqdm.auto import tqdm
 from transformers import DynamicCache
 
 from mixens.errors import ConfigError
@@ -42,11 +41,38 @@ def mixture_scores(
     shared_vocabulary: bool,
     pieces: list[list[list[tuple[list[int], list[int]]]]],
     batch_size: int,
-    desc: str = "mixens likelihood",
-    disable_tqdm: bool = False,
+    bar=None,
 ) -> list[tuple[float, bool]]:
     """(log-likelihood, is_greedy) of each request from its pieces: pieces[member][request] = [(context, tokens)],
-    a request's pieces being its rolling windows or its one (context, continuation) pair."""
+    a request's pieces being its rolling windows or its one (context, continuation) pair. `bar` (a tqdm)
+    moves by one per piece scored: count_pieces(...) in all."""
+    active, token_level, jobs = _scoring_jobs(member_weights, shared_vocabulary, pieces)
+    totals = {r: [0.0, True] for r, joint in enumerate(token_level) if joint}
+    per_member = {r: {i: [0.0, True] for i in active} for r, joint in enumerate(token_level) if not joint}
+    for member_index, items in jobs:
+        chosen = active if member_index is None else [member_index]
+        scoring = [members[i] for i in chosen]
+        weights = [member_weights[i] for i in chosen] if member_index is None else [1.0]
+        scores = score_pieces(scoring, weights, [piece for _, piece in items], batch_size, bar)
+        for (r, _), (logp, greedy) in zip(items, scores):
+            slot = totals[r] if member_index is None else per_member[r][member_index]
+            slot[0] += logp
+            slot[1] = slot[1] and greedy
+
+    weights = [member_weights[i] for i in active]
+    return [
+        tuple(totals[r]) if token_level[r] else sequence_mixture([per_member[r][i] for i in active], weights)
+        for r in range(len(token_level))
+    ]
+
+
+def count_pieces(member_weights: Sequence[float], shared_vocabulary: bool, pieces) -> int:
+    """How many pieces mixture_scores scores for these requests (the length of its progress)."""
+    return sum(len(items) for _, items in _scoring_jobs(member_weights, shared_vocabulary, pieces)[2])
+
+
+def _scoring_jobs(member_weights: Sequence[float], shared_vocabulary: bool, pieces):
+    """(active members, whether each request is scored token by token, jobs) for mixture_scores."""
     active = [i for i, w in enumerate(member_weights) if w > 0]
     n_requests = len(pieces[0])
     token_level = [
@@ -68,26 +94,7 @@ def mixture_scores(
     alone = [r for r in range(n_requests) if not token_level[r]]
     for i in active if alone else []:
         jobs.append((i, [(r, Piece((tuple(ctx),), tuple(cont))) for r in alone for ctx, cont in pieces[i][r]]))
-
-    bar = tqdm(total=sum(len(items) for _, items in jobs), desc=desc, disable=disable_tqdm)
-    totals = {r: [0.0, True] for r in together}
-    per_member = {r: {i: [0.0, True] for i in active} for r in alone}
-    for member_index, items in jobs:
-        chosen = active if member_index is None else [member_index]
-        scoring = [members[i] for i in chosen]
-        weights = [member_weights[i] for i in chosen] if member_index is None else [1.0]
-        scores = score_pieces(scoring, weights, [piece for _, piece in items], batch_size, bar)
-        for (r, _), (logp, greedy) in zip(items, scores):
-            slot = totals[r] if member_index is None else per_member[r][member_index]
-            slot[0] += logp
-            slot[1] = slot[1] and greedy
-    bar.close()
-
-    weights = [member_weights[i] for i in active]
-    return [
-        tuple(totals[r]) if token_level[r] else sequence_mixture([per_member[r][i] for i in active], weights)
-        for r in range(n_requests)
-    ]
+    return active, token_level, jobs
 
 
 def sequence_mixture(member_scores: Sequence[Sequence], weights: Sequence[float]) -> tuple[float, bool]:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -326,6 +328,49 @@ def test_sigterm_marks_the_job_interrupted_and_skip_existing_reruns_it(tiny_mode
     assert not (tmp_path / "run" / "failed.json").exists()
 
 
+def test_a_job_killed_mid_run_resumes_from_its_journal_with_the_texts_of_a_job_never_stopped(tiny_models, tmp_path):
+    """kill -9 after a few batches, run again: the finished batches come from the journal, the rest is decoded
+    with the seeds it would have had, so the outputs equal those of an uninterrupted job."""
+    import signal
+    import sqlite3
+
+    def args(folder: Path) -> list[str]:
+        each_alone = [o for o in tiny_overrides(tiny_models) if not o.startswith("batch_size=")] + ["batch_size=1"]
+        return [sys.executable, "-m", "mixens", *each_alone, "benchmark=gsm8k_paper",
+                "benchmark.limit=8", "benchmark.max_gen_toks=64", "benchmark.do_sample=true", "seed=3",
+                f"data.hub_mirror={HUB_FIXTURE}", "logger=none", f"hydra.run.dir={folder}"]  # fmt: skip
+
+    def texts(folder: Path) -> list[str]:
+        record = json.loads((folder / "results.json").read_text())
+        rows = [json.loads(line) for line in (folder / record["samples"]["gsm8k_paper"]).read_text().splitlines()]
+        return [row["resps"][0][0] for row in sorted(rows, key=lambda row: row["doc_id"])]
+
+    whole = subprocess.run(args(tmp_path / "whole"), cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    assert not (tmp_path / "whole" / "journal").exists()  # a finished job keeps no journal
+
+    journal = tmp_path / "killed" / "journal" / "mixture.sqlite"
+    job = subprocess.Popen(args(tmp_path / "killed"), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    finished, deadline = 0, time.monotonic() + 300
+    while finished < 2 and job.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+        if journal.is_file():
+            with contextlib.suppress(sqlite3.OperationalError), contextlib.closing(sqlite3.connect(journal)) as db:
+                finished = db.execute("SELECT COUNT(*) FROM batches").fetchone()[0]
+    job.send_signal(signal.SIGKILL)
+    job.wait(timeout=60)
+    assert 2 <= finished < 8, f"{finished} batches were journaled before the kill"
+
+    again = subprocess.run(args(tmp_path / "killed"), cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    resumed = int(re.search(r"resuming mixture: (\d+) finished batches", again.stderr).group(1))
+    assert finished <= resumed < 8  # some batches were left to decode
+    record = json.loads((tmp_path / "killed" / "results.json").read_text())
+    assert record["resumed_requests"] == resumed  # one request per batch at batch_size=1
+    assert texts(tmp_path / "killed") == texts(tmp_path / "whole")
+    assert not journal.exists()
+
+
 def test_an_installed_wheel_carries_its_configs_and_runs_outside_the_checkout(tmp_path):
     """The Hydra configs live in the package, so `python -m mixens` works from a wheel, not only a checkout."""
     import shutil
@@ -369,7 +414,7 @@ def test_a_disk_that_fails_at_the_end_loses_only_what_it_cannot_hold(tmp_path, m
 
     cfg = composed("compare=[]", "benchmark=gsm8k_paper")
     results = {"results": {"gsm8k_paper": {"exact_match,extract": 0.25}}, "samples": {"gsm8k_paper": [{"doc": 1}]}}
-    lm = SimpleNamespace(speed_stats=GenerationStats(), ensemble=SimpleNamespace(members=[], weights=()))
+    lm = SimpleNamespace(speed_stats=GenerationStats(), ensemble=SimpleNamespace(members=[], weights=()), journal=None)
     full = OSError(errno.ENOSPC, "No space left on device")
 
     def no_room(*args, **kwargs):

@@ -328,6 +328,35 @@ def test_different_tokenizers_score_the_sequence_level_mixture(tiny_models, sing
         assert value == pytest.approx(top + math.log(sum(math.exp(m - top) for m in mixed)), abs=1e-9)
 
 
+def test_a_journal_answers_finished_slices_and_batches_without_scoring_them_again(tiny_models, tmp_path, monkeypatch):
+    """What an earlier attempt finished comes back from the journal exactly; nothing is computed twice."""
+    from mixens import harness
+    from mixens.journal import RequestJournal
+
+    monkeypatch.setattr(harness, "SCORE_SLICE", 4)  # several slices from a few requests
+    ensemble = mixens.load_ensemble([spec(tiny_models[n], n) for n in ("bpe_a", "bpe_b")], "mixture")
+    requests = loglikelihood_requests(multiple_choice_pairs())
+    prompts = [
+        Instance("generate_until", {}, (p, {"max_gen_toks": 6, "do_sample": True}), i) for i, p in enumerate(PROMPTS)
+    ]
+
+    def attempt():
+        journal = RequestJournal(tmp_path / "journal.sqlite", {"job": 1})
+        lm = EnsembleLM(ensemble=ensemble, batch_size=2, seed=5, journal=journal)
+        return lm, lm.loglikelihood(requests, disable_tqdm=True), lm.generate_until(prompts, disable_tqdm=True)
+
+    first, scores, texts = attempt()
+    assert first.journal.resumed == 0 and first.journal.finished_batches() == -(-len(requests) // 4) + 2
+    calls = []
+    monkeypatch.setattr(harness, "mixture_scores", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(ensemble, "decode", lambda *a, **k: calls.append(a))
+    again, scores_again, texts_again = attempt()
+    assert (scores_again, texts_again, calls) == (scores, texts, [])
+    assert again.journal.resumed == len(requests) + len(prompts)
+    other = RequestJournal(tmp_path / "journal.sqlite", {"job": 2})  # another config: its batches are not these
+    assert other.finished_batches() == 0
+
+
 # ---------------------------------------------------------------------------------- registry and arguments
 
 
