@@ -159,7 +159,9 @@ def record_run(cfg: DictConfig, out_dir: Path, evaluations: list, seconds: float
         "config": OmegaConf.to_container(cfg, resolve=True),
         "metrics": metrics_by_task(results),
         "speed": lm.speed_stats.as_dict(),
-        "resumed_requests": lm.journal.resumed if lm.journal is not None else 0,  # taken from an earlier attempt's journal
+        "resumed_requests": lm.journal.resumed
+        if lm.journal is not None
+        else 0,  # taken from an earlier attempt's journal
         "versions": versions(),
         "seed": cfg.seed,
         "git_commit": git_commit(),
@@ -248,22 +250,38 @@ def run_job(cfg: DictConfig, out_dir: Path, sweep_dir: Path | None) -> dict:
     from mixens.results_files import find_existing
 
     config = OmegaConf.to_container(cfg, resolve=True)
+    group = None if sweep_dir is None else sweep_group(sweep_dir)
     if cfg.skip_existing:
         found = find_existing(sweep_dir or out_dir, config)
         if found is not None:
-            print(f"mixens: skipping, this config already has results: {found}")
-            return {**json.loads(found.read_text()), "path": str(found)}
+            record = {**json.loads(found.read_text()), "path": str(found)}
+            if cfg.logger.name == "none" or record.get("logged"):
+                print(f"mixens: skipping, this config already has results: {found}")
+                return record
+            # The job was stopped between writing its results and logging them: log them, run nothing.
+            print(f"mixens: {found} never reached the {cfg.logger.name} run; logging it now, without running the job")
+            with tracker(cfg, config, found.parent, group) as logger:
+                log_and_mark(logger, record, found.parent)
+            return record
     plan = validate_run(cfg)  # before a tracker run is opened for a config that cannot run
     if cfg.threads is not None:
         import torch
 
         torch.set_num_threads(cfg.threads)
-    group = None if sweep_dir is None else sweep_group(sweep_dir)
     with tracker(cfg, config, out_dir, group) as logger:
         record = evaluate(cfg, out_dir, plan)
         if logger is not None:
-            logger.log_record(record, out_dir)
+            log_and_mark(logger, record, out_dir)
     return record
+
+
+def log_and_mark(logger, record: dict, folder: Path) -> None:
+    """Log the record to the tracker run, then say so in results.json: skip_existing trusts only a job
+    whose results reached its tracker."""
+    from mixens.results_files import write_results
+
+    record["logged"] = logger.log_record(record, folder)
+    record["path"] = str(write_results(folder, {k: v for k, v in record.items() if k != "path"}))
 
 
 def tracker(cfg: DictConfig, config: dict, out_dir: Path, group: str | None):

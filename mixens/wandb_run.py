@@ -50,8 +50,8 @@ class WandbRun:
     def __init__(self, run):
         self.run = run
 
-    def log_record(self, record: dict, folder: Path) -> None:
-        """Metrics per task, speed statistics and every sample of the run."""
+    def log_record(self, record: dict, folder: Path) -> dict:
+        """Metrics per task, speed statistics and every sample of the run; returns where they went."""
         import wandb
 
         scalars = {}
@@ -66,6 +66,7 @@ class WandbRun:
         self.run.log({**scalars, "samples": table})
         self.run.summary.update(scalars)
         self.run.summary["results_path"] = record.get("path")
+        return {"wandb": {"project": self.run.project, "id": self.run.id, "folder": self.run.dir}}
 
 
 @contextlib.contextmanager

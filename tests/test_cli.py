@@ -251,6 +251,31 @@ def test_a_failing_job_leaves_the_other_jobs_and_skip_existing_reuses_them(tiny_
     assert sorted(json.loads(p.read_text())["config"]["benchmark"]["max_gen_toks"] for p in results) == [3, 5]
 
 
+def test_results_that_never_reached_wandb_are_logged_by_skip_existing_not_skipped(tiny_models, tmp_path):
+    """A job stopped after writing results.json but before logging them: the rerun logs them, runs nothing."""
+    import shutil
+
+    args = [*tiny_overrides(tiny_models), "benchmark=gsm8k_paper", "benchmark.limit=2", "benchmark.max_gen_toks=3",
+            "logger=wandb", "skip_existing=true"]  # fmt: skip
+    assert run_cli(tmp_path, *args).returncode == 0
+    results = tmp_path / "run" / "results.json"
+    record = json.loads(results.read_text())
+    assert record["logged"]["wandb"]["id"]
+    del record["logged"]  # as if killed between the two writes
+    results.write_text(json.dumps(record))
+    shutil.rmtree(tmp_path / "run" / "wandb")
+
+    again = run_cli(tmp_path, *args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "never reached the wandb run; logging it now" in again.stdout
+    assert "generate_until" not in again.stderr + again.stdout  # nothing was decoded again
+    (run_dir,) = (tmp_path / "run" / "wandb").glob("offline-run-*")
+    accuracy = record["metrics"]["gsm8k_paper"]["exact_match,extract"]
+    assert offline_run(run_dir)["summary"]["gsm8k_paper/exact_match,extract"] == accuracy
+    assert json.loads(results.read_text())["logged"]["wandb"]["id"]
+    assert "skipping, this config already has results" in run_cli(tmp_path, *args).stdout
+
+
 def test_a_relative_model_folder_loads_from_where_the_user_is_with_a_data_mirror_set(tiny_models, tmp_path):
     import shutil
 
