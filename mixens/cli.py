@@ -6,9 +6,12 @@ import contextlib
 import difflib
 import json
 import logging
+import multiprocessing
+import os
 import shutil
 import signal
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -208,6 +211,7 @@ def main(cfg: DictConfig) -> dict:
     sweep_dir = Path(hydra_cfg.sweep.dir) if hydra_cfg.mode.name == "MULTIRUN" else None
     for stop in (signal.SIGTERM, signal.SIGINT):  # a scheduler's time limit, Ctrl-C
         signal.signal(stop, _interrupt)
+    stop_when_orphaned()
     try:
         record = run_job(cfg, out_dir, sweep_dir)
     except BaseException as err:
@@ -243,6 +247,29 @@ class Interrupted(BaseException):
 
 def _interrupt(signum: int, frame) -> None:
     raise Interrupted(signum)
+
+
+_watching = threading.Event()
+
+
+def stop_when_orphaned(every: float = 1.0) -> None:
+    """In a worker of a parallel sweep (joblib's loky processes), stop the job when the sweep's process is
+    gone (kill -9): the worker sends itself SIGTERM, so the job is marked interrupted and nothing is left
+    running with the models loaded. The sweep's own process, whose parent may exit (nohup), is not watched."""
+    parent = multiprocessing.parent_process()
+    if parent is None or _watching.is_set():
+        return
+    _watching.set()
+
+    def watch() -> None:
+        while os.getppid() == parent.pid:
+            time.sleep(every)
+        print(f"mixens: the sweep's process {parent.pid} is gone; stopping this worker.", file=sys.stderr)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(60)  # the job had a minute to record that it was stopped
+        os._exit(128 + signal.SIGTERM)
+
+    threading.Thread(target=watch, name="mixens-orphan-watch", daemon=True).start()
 
 
 def run_job(cfg: DictConfig, out_dir: Path, sweep_dir: Path | None) -> dict:

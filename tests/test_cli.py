@@ -333,7 +333,7 @@ def test_sigterm_marks_the_job_interrupted_and_skip_existing_reruns_it(tiny_mode
     log = tmp_path / "stderr.txt"
     with log.open("w") as errors:
         job = subprocess.Popen(
-            [*args, "benchmark.max_gen_toks=3000"], cwd=REPO, stdout=subprocess.PIPE, stderr=errors, text=True
+            [*args, "benchmark.max_gen_toks=1000"], cwd=REPO, stdout=subprocess.PIPE, stderr=errors, text=True
         )
         for line in job.stdout:  # Hydra logs to stdout; once generation has started, stop the job
             if "Running generate_until requests" in line:
@@ -394,6 +394,52 @@ def test_a_job_killed_mid_run_resumes_from_its_journal_with_the_texts_of_a_job_n
     assert record["resumed_requests"] == resumed  # one request per batch at batch_size=1
     assert texts(tmp_path / "killed") == texts(tmp_path / "whole")
     assert not journal.exists()
+
+
+def test_a_parallel_sweep_killed_hard_leaves_no_worker_behind_and_marks_its_jobs_interrupted(tiny_models, tmp_path):
+    """kill -9 of a joblib sweep: its workers (models loaded, wandb beside them) stop within seconds instead of
+    running on, and each unfinished job says it was interrupted, so skip_existing reruns it."""
+    import signal
+    import threading
+
+    args = [sys.executable, "-m", "mixens", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=1,2",
+            *tiny_overrides(tiny_models), "benchmark=gsm8k_paper", "benchmark.limit=8", "benchmark.max_gen_toks=1000",
+            f"data.hub_mirror={HUB_FIXTURE}", "logger=wandb", f"hydra.sweep.dir={tmp_path}/sweep"]  # fmt: skip
+    sweep = subprocess.Popen(
+        args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
+    lines, both_generating = [], threading.Event()
+
+    def read() -> None:  # keep reading after the kill: the workers still write to the pipe
+        for line in sweep.stdout:
+            lines.append(line)
+            if sum("Running generate_until requests" in seen for seen in lines) >= 2:
+                both_generating.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    assert both_generating.wait(timeout=300), "".join(lines)[-3000:]
+
+    def in_sweep() -> list[int]:
+        pids = []
+        for entry in Path("/proc").iterdir():
+            with contextlib.suppress(OSError, ValueError):
+                if entry.name.isdigit() and os.getsid(int(entry.name)) == sweep.pid:
+                    if (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                        pids.append(int(entry.name))
+        return pids
+
+    assert len(in_sweep()) >= 3  # the sweep and its two workers
+    sweep.send_signal(signal.SIGKILL)
+    sweep.wait(timeout=30)
+    deadline = time.monotonic() + 90
+    while in_sweep() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    left = in_sweep()
+    for pid in left:  # not for the test's sake: a failing run must not leave them either
+        os.kill(pid, signal.SIGKILL)
+    assert left == [], "".join(lines)[-3000:]
+    failures = [json.loads(p.read_text()) for p in (tmp_path / "sweep").glob("*/failed.json")]
+    assert [f["interrupted"] for f in failures] == [True, True], [f["error"] for f in failures]
 
 
 def test_an_installed_wheel_carries_its_configs_and_runs_outside_the_checkout(tmp_path):
