@@ -17,6 +17,7 @@ import traceback
 from pathlib import Path
 
 import hydra
+import yaml
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
@@ -203,8 +204,37 @@ def console_table(record: dict) -> str:
     return results_table(record["metrics"], record["speed"])
 
 
+def main() -> None:
+    """`python -m mixens` / `mixens`: the Hydra app, after a check that every config file it may read is YAML."""
+    for folder in config_folders(sys.argv[1:]):
+        for path in sorted(Path(folder).rglob("*.yaml")):
+            try:
+                OmegaConf.load(path)
+            except yaml.YAMLError as err:  # Hydra would print ~90 lines of parser traceback
+                mark = getattr(err, "problem_mark", None)
+                where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+                problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+                print(f"mixens: {path}{where} is not valid YAML: {problem}; fix the file.", file=sys.stderr)
+                sys.exit(2)
+    hydra_app()
+
+
+def config_folders(argv: list[str]) -> list[str]:
+    """mixens' config folder and those the command line adds (--config-dir/-cd, hydra.searchpath file://)."""
+    folders = [CONF_DIR]
+    for i, arg in enumerate(argv):
+        if arg in ("--config-dir", "-cd") and i + 1 < len(argv):
+            folders.append(argv[i + 1])
+        elif arg.startswith("--config-dir="):
+            folders.append(arg.split("=", 1)[1])
+        elif arg.lstrip("+").startswith("hydra.searchpath="):
+            folders += [item.strip()[len("file://") :] for item in arg.split("=", 1)[1].strip("[]").split(",")
+                        if item.strip().startswith("file://")]  # fmt: skip
+    return [f for f in folders if Path(f).is_dir()]
+
+
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
-def main(cfg: DictConfig) -> dict:
+def hydra_app(cfg: DictConfig) -> dict:
 
     hydra_cfg = HydraConfig.get()
     out_dir = Path(hydra_cfg.runtime.output_dir)

@@ -26,6 +26,8 @@ class Sampling:
     top_p: float = 1.0
 
     def __post_init__(self) -> None:
+        if not self.temperature >= 0:  # also NaN; a greedy run with a negative one is a typo, not a setting
+            raise ConfigError(f"temperature must be >= 0, got {self.temperature!r}.")
         if self.do_sample and not self.temperature > 0:
             raise ConfigError(
                 f"temperature must be > 0 when sampling, got {self.temperature!r}; use do_sample=False for greedy."
