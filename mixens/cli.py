@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import functools
 import json
 import logging
 import multiprocessing
@@ -11,6 +12,7 @@ import os
 import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -19,6 +21,7 @@ from pathlib import Path
 import hydra
 import yaml
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from mixens.config import RunPlan, generation_overrides, register_schema, validate_run
@@ -233,6 +236,30 @@ def config_folders(argv: list[str]) -> list[str]:
     return [f for f in folders if Path(f).is_dir()]
 
 
+class OutputFolderCheck(Callback):
+    """Before Hydra creates the run's (or sweep's) folder: a folder that cannot be written is one sentence
+    here, not the traceback of Hydra's own mkdir."""
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        check_writable(Path(config.hydra.run.dir), "hydra.run.dir")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        check_writable(Path(config.hydra.sweep.dir), "hydra.sweep.dir")
+
+
+def check_writable(folder: Path, field: str) -> None:
+    existing = folder.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent  # the folder itself is made later, by Hydra
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as err:
+        print(f"mixens: {folder} cannot be written ({err.strerror} in {existing}); set {field}=PATH to a "
+              "writable folder.", file=sys.stderr)  # fmt: skip
+        sys.exit(2)  # SystemExit passes through Hydra's error report untouched
+
+
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def hydra_app(cfg: DictConfig) -> dict:
 
@@ -242,6 +269,7 @@ def hydra_app(cfg: DictConfig) -> dict:
     for stop in (signal.SIGTERM, signal.SIGINT):  # a scheduler's time limit, Ctrl-C
         signal.signal(stop, _interrupt)
     stop_when_orphaned()
+    console_when_log_file_fails()
     try:
         record = run_job(cfg, out_dir, sweep_dir)
     except BaseException as err:
@@ -277,6 +305,21 @@ class Interrupted(BaseException):
 
 def _interrupt(signum: int, frame) -> None:
     raise Interrupted(signum)
+
+
+def console_when_log_file_fails() -> None:
+    """Hydra's log file (<job>/<app>.log) on a full disk: one line, then the console only, instead of
+    logging's traceback for every record."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handleError = functools.partial(_log_file_failed, handler)
+
+
+def _log_file_failed(handler: logging.FileHandler, record: logging.LogRecord) -> None:
+    logging.getLogger().removeHandler(handler)
+    error = sys.exc_info()[1]  # handleError runs inside emit's except block
+    print(f"mixens: the log file {handler.baseFilename} cannot be written ({error}); logging to the console only.",
+          file=sys.stderr)  # fmt: skip
 
 
 _watching = threading.Event()

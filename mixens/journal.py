@@ -22,10 +22,20 @@ log = logging.getLogger(__name__)
 class RequestJournal:
     def __init__(self, path: Path, identity: dict):
         """Open (or create) the journal at `path` for the job described by `identity` (its config); a journal
-        written by a job of another identity is emptied first, since its batches answer other questions."""
+        written by a job of another identity is emptied first, since its batches answer other questions.
+
+        A journal that cannot be written (a full or read-only disk) does not stop the job: it says so once and
+        the job goes on without it, its results held in memory as without a journal."""
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.resumed = 0  # requests answered from the journal
+        self._db = None
+        try:
+            self._open(identity)
+        except (sqlite3.Error, OSError) as err:
+            self._give_up(err)
+
+    def _open(self, identity: dict) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path)
         self._db.execute("CREATE TABLE IF NOT EXISTS batches (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
         self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
@@ -37,7 +47,15 @@ class RequestJournal:
         self._db.execute("INSERT OR REPLACE INTO meta VALUES ('identity', ?)", (wanted,))
         self._db.commit()
 
+    def _give_up(self, err: Exception) -> None:
+        log.warning(
+            "the journal %s cannot be written (%s); going on without it: a rerun would start over.", self.path, err
+        )
+        self.close()
+
     def finished_batches(self) -> int:
+        if self._db is None:
+            return 0
         return self._db.execute("SELECT COUNT(*) FROM batches").fetchone()[0]
 
     @staticmethod
@@ -46,6 +64,8 @@ class RequestJournal:
 
     def get(self, key: str, requests: int) -> list | None:
         """The results stored under `key`, counting `requests` as resumed, or None."""
+        if self._db is None:
+            return None
         row = self._db.execute("SELECT value FROM batches WHERE key = ?", (key,)).fetchone()
         if row is None:
             return None
@@ -53,8 +73,15 @@ class RequestJournal:
         return json.loads(row[0])
 
     def put(self, key: str, results: list) -> None:
-        self._db.execute("INSERT OR REPLACE INTO batches VALUES (?, ?)", (key, json.dumps(results)))
-        self._db.commit()
+        if self._db is None:
+            return
+        try:
+            self._db.execute("INSERT OR REPLACE INTO batches VALUES (?, ?)", (key, json.dumps(results)))
+            self._db.commit()
+        except (sqlite3.Error, OSError) as err:
+            self._give_up(err)
 
     def close(self) -> None:
-        self._db.close()
+        if self._db is not None:
+            self._db.close()
+            self._db = None

@@ -474,6 +474,61 @@ def test_an_installed_wheel_carries_its_configs_and_runs_outside_the_checkout(tm
     assert "strategy: mixture" in shown.stdout and "sciq_gen" in shown.stdout
 
 
+def in_private_mount(command: str) -> list[str]:
+    """`command` run by sh in a mount namespace of its own (unprivileged: a user namespace), where it may
+    mount a tmpfs that nothing else sees."""
+    if subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode != 0:
+        pytest.skip("this machine does not allow mount namespaces (unshare -rm), needed for a real small disk")
+    return ["unshare", "-rm", "sh", "-c", command]
+
+
+def test_a_real_full_disk_loses_nothing_the_console_can_still_show(tiny_models, tmp_path):
+    """A 16 KiB tmpfs: Hydra's own files fill it, so the journal, the samples and results.json do not fit.
+    The job goes on without its journal, prints the metrics and says in one sentence where writing failed."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    job = " ".join(
+        f"'{arg}'"
+        for arg in [
+            sys.executable,
+            "-m",
+            "mixens",
+            *tiny_overrides(tiny_models),
+            "benchmark=gsm8k_paper",
+            "benchmark.limit=4",
+            "benchmark.max_gen_toks=16",
+            f"data.hub_mirror={HUB_FIXTURE}",
+            "logger=none",
+            f"hydra.run.dir={disk}/run",
+        ]  # fmt: skip
+    )
+    done = subprocess.run(
+        in_private_mount(f"mount -t tmpfs -o size=16k tmpfs {disk} && exec {job}"),
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr + done.stdout and "No space left on device" in done.stderr
+    assert re.search(r"journal .* cannot be written .* going on without it", done.stdout)  # Hydra logs to stdout
+    assert "cli.log cannot be written" in done.stderr and done.stderr.count("mixens: the log file") == 1
+    assert re.search(r"gsm8k_paper\s+exact_match,extract\s+\d\.\d{4}", done.stderr)  # the metrics, on the console
+    assert done.stderr.strip().splitlines()[-1].startswith("mixens: results could not be written")
+
+
+def test_a_read_only_output_folder_is_one_sentence_before_anything_runs(tmp_path):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    job = f"'{sys.executable}' -m mixens logger=none hydra.run.dir={disk}/run"
+    done = subprocess.run(
+        in_private_mount(f"mount -t tmpfs tmpfs {disk} && mount -o remount,ro {disk} && exec {job}"),
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert done.stderr.strip() == (
+        f"mixens: {disk}/run cannot be written (Read-only file system in {disk}); "
+        "set hydra.run.dir=PATH to a writable folder."
+    )
+
+
 def test_a_disk_that_fails_at_the_end_loses_only_what_it_cannot_hold(tmp_path, monkeypatch, capsys):
     """No room for the per-problem outputs: the metrics are still saved; no room at all: they are printed."""
     import errno
