@@ -219,6 +219,8 @@ def materialize(name: str, cache_dir: Path | None = None) -> Path:
             # No one else is converting, so a leftover partial or unmarked folder is from a crashed run.
             for stale in folder.parent.glob(f".{folder.name}.partial-*"):
                 shutil.rmtree(stale, ignore_errors=True)
+            for stale in (folder.parent / "gguf").glob(f".{entry.gguf_file}.*.partial"):  # an assembly cut short
+                stale.unlink(missing_ok=True)
             if folder.exists():
                 shutil.rmtree(folder)
         gguf = entry.locate(entry, folder.parent)

@@ -147,10 +147,13 @@ def test_crash_leaves_no_complete_looking_folder(fake_model, monkeypatch, tmp_pa
     # A hard kill skips the clean-up: leftovers of a dead run are removed by the next conversion.
     stale = folder.parent / f".{folder.name}.partial-999999"
     stale.mkdir()
+    stale_gguf = folder.parent / "gguf" / f".{packaged.PACKAGED_MODELS[SMOL].gguf_file}.999999.partial"
+    stale_gguf.parent.mkdir()
+    stale_gguf.write_bytes(b"part of an assembled GGUF")
     folder.mkdir()  # a folder without the marker is not trusted either
     monkeypatch.setattr(packaged, "_convert", good)
     assert packaged.materialize("fake", cache_dir=tmp_path) == folder
-    assert (folder / packaged.MARKER).is_file() and not stale.exists()
+    assert (folder / packaged.MARKER).is_file() and not stale.exists() and not stale_gguf.exists()
 
 
 # ---------------------------------------------------------------- the real models (slow)
