@@ -141,6 +141,14 @@ def test_run_settings_are_checked_before_any_model_loads(override, message):
         validate_run(composed(override))  # the default samples (do_sample=true): temperature 0 is a mistake
 
 
+def test_every_shipped_model_takes_its_own_device_as_the_readme_writes_it():
+    names = [path.stem for path in (Path(CONF_DIR) / "models").glob("*.yaml")]
+    cfg = composed(f"models=[{','.join(names)}]", *(f"models.{name}.device=cpu:0" for name in names))
+    assert {name: cfg.models[name].device for name in names} == dict.fromkeys(names, "cpu:0")
+    plan = validate_run(composed("models.gemma-3-270m.device=cpu:0"))
+    assert [s.device for s in plan.specs] == ["auto", "cpu:0"]  # the other model keeps the run's device
+
+
 def test_a_fraction_and_a_whole_limit_are_both_fine():
     validate_run(composed("benchmark.limit=0.5"))
     validate_run(composed("benchmark.limit=20"))
