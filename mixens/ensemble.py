@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from mixens.decoding import SAMPLING_STREAM, Decoder, GenerationStats, stream_seed
 from mixens.errors import ConfigError
-from mixens.members import Member, load_member
+from mixens.members import Member, hub_access, load_member
 from mixens.sampling import Sampling, check_decoding_budget, pick
 from mixens.spec import ModelSpec, normalized_weights, validate_members
 from mixens.strategies import Strategy, build_strategy
@@ -178,5 +178,7 @@ def load_validated(specs: Sequence[ModelSpec], strategy: Strategy, batch_size: i
     used = strategy.members_used()
     if used is not None:
         specs, strategy = [specs[i] for i in used], strategy.restricted()
+    for i, spec in enumerate(specs):  # a hub that does not answer fails before any weights load
+        hub_access(spec, i)
     members = [load_member(spec, i) for i, spec in enumerate(specs)]
     return Ensemble(members, strategy, batch_size=batch_size)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from mixens.errors import ConfigError
+from mixens.hub import check_hub_reachable, hub_offline, hub_unreachable, is_hub_id, is_network_failure
 from mixens.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -70,12 +71,25 @@ def local_source(spec: ModelSpec) -> str:
     return spec.path
 
 
-def _check_remote_code(source: str, spec: ModelSpec, index: int) -> None:
+def hub_access(spec: ModelSpec, index: int) -> dict:
+    """from_pretrained's hub options for a member, after one bounded request to the hub for a hub id
+    (hub.check_hub_reachable, once per id): a stalled network is then one clear ConfigError in seconds,
+    not minutes of huggingface_hub's retries on every file, and a copy already cached loads from the cache
+    only. Offline, a hub id loads from the cache only (also when HF_HUB_OFFLINE was set after
+    huggingface_hub read it)."""
+    if not is_hub_id(spec.path):
+        return {}
+    if hub_offline() or check_hub_reachable(spec, index):
+        return {"local_files_only": True}
+    return {}
+
+
+def _check_remote_code(source: str, spec: ModelSpec, index: int, **hub) -> None:
     """Custom modelling code runs only when the user opted in for this member."""
     from transformers import AutoConfig
 
     try:
-        AutoConfig.from_pretrained(source, revision=spec.revision, trust_remote_code=spec.trust_remote_code)
+        AutoConfig.from_pretrained(source, revision=spec.revision, trust_remote_code=spec.trust_remote_code, **hub)
     except ValueError as err:
         if "trust_remote_code" in str(err):
             raise ConfigError(
@@ -91,12 +105,21 @@ def load_member(spec: ModelSpec, index: int) -> Member:
     device = resolve_device(spec.device)
     dtype = resolve_dtype(spec.dtype, device)
     source = local_source(spec)
-    _check_remote_code(source, spec, index)
-    log.info("loading %s from %s (%s, %s)", spec.name, source, dtype, device)
-    tokenizer = AutoTokenizer.from_pretrained(source, revision=spec.revision, trust_remote_code=spec.trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(
-        source, revision=spec.revision, dtype=dtype, trust_remote_code=spec.trust_remote_code
-    )
+    hub = hub_access(spec, index)
+    online_hub = is_hub_id(spec.path) and not hub_offline()
+    try:
+        _check_remote_code(source, spec, index, **hub)
+        log.info("loading %s from %s (%s, %s)", spec.name, source, dtype, device)
+        tokenizer = AutoTokenizer.from_pretrained(
+            source, revision=spec.revision, trust_remote_code=spec.trust_remote_code, **hub
+        )
+        model = AutoModelForCausalLM.from_pretrained(
+            source, revision=spec.revision, dtype=dtype, trust_remote_code=spec.trust_remote_code, **hub
+        )
+    except Exception as err:
+        if online_hub and is_network_failure(err):  # the hub stopped answering after the probe
+            raise hub_unreachable(spec, index, err) from err
+        raise
     model.to(device).eval()
     return Member(spec, model, tokenizer, device, frozenset(eos_token_ids(model, tokenizer)))
 

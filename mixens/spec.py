@@ -7,15 +7,14 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 from mixens.errors import ConfigError
+from mixens.hub import HUB_ID, in_hub_cache
 
 DTYPES = ("auto", "float32", "float16", "bfloat16", "float64")  # float64: exact numerical checks
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
 @dataclass(frozen=True)
@@ -73,7 +72,7 @@ def normalized_weights(weights: Sequence[float], names: Sequence[str] | None = N
 def validate_device(device: str, field_name: str) -> None:
     import torch
 
-    if device in ("auto", "cpu"):
+    if device in ("auto", "cpu", "cpu:0"):  # torch names the one CPU device both ways
         return
     kind, _, index = device.partition(":")
     if kind == "cuda":
@@ -113,15 +112,17 @@ def validate_path(spec: ModelSpec, index: int) -> None:
         return
     if path.startswith((".", "/", "~")) or path.count("/") > 1:
         raise ConfigError(f"{where} '{path}' does not exist; give an existing model folder.")
-    if not _HUB_ID.match(path):
+    if not HUB_ID.match(path):
         raise ConfigError(
             f"{where} '{path}' is neither an existing folder nor a hub id like 'org/model'; fix the path."
         )
-    if os.environ.get("HF_HUB_OFFLINE") == "1" and not _in_hub_cache(path, spec.revision):
+    if os.environ.get("HF_HUB_OFFLINE") == "1" and not in_hub_cache(path, spec.revision):
         raise ConfigError(
             f"{where} '{path}' is not in the local Hugging Face cache and HF_HUB_OFFLINE=1; "
             "download it first (hf download) or give a local folder."
         )
+    # Online, the hub is probed when the member loads (check_hub_reachable), not here: validation reads
+    # no network.
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model")
@@ -149,13 +150,6 @@ def check_model_folder(folder: Path, where: str) -> None:
             raise ConfigError(
                 f"{where}: {shard.name} is not a readable safetensors file ({err}); save or download it again."
             ) from None
-
-
-def _in_hub_cache(repo_id: str, revision: str | None) -> bool:
-    from huggingface_hub import try_to_load_from_cache
-
-    found = try_to_load_from_cache(repo_id, "config.json", revision=revision)
-    return isinstance(found, str)
 
 
 def validate_members(specs: Sequence[ModelSpec]) -> None:
