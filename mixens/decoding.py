@@ -18,7 +18,7 @@ from mixens.members import Member, context_length
 from mixens.sampling import Sampling, transformed_probs
 from mixens.strategies import MemberOutputs, StepContext
 from mixens.transcript import make_transcript
-from mixens.vocab import SharedVocab
+from mixens.vocab import SharedVocab, UnionVocab
 
 if TYPE_CHECKING:
     from mixens.ensemble import Ensemble
@@ -85,11 +85,15 @@ class GenerationStats:
 
 
 class _Distributions:
-    """Member logits -> transformed distributions in the ensemble's id space, on one device."""
+    """Member logits -> transformed distributions in the ensemble's id space, on one device.
 
-    def __init__(self, vocab, device: torch.device):
+    `stop_columns`: per member, a [B, V_member] map that replaces the vocabulary's for rows whose stop
+    strings include a special token's text (union vocabulary only): that token counts as the row's EOS."""
+
+    def __init__(self, vocab, device: torch.device, stop_columns: dict[int, _StopColumns] | None = None):
         self.vocab = vocab
         self.device = device
+        self.stop_columns = stop_columns or {}
         self.logits: dict[int, torch.Tensor] = {}
         self._memo: dict = {}
 
@@ -109,11 +113,42 @@ class _Distributions:
             return transformed_probs(logits, sampling).to(self.device)
         # Tokens with no surface text are removed before F, so top-k counts only real candidates.
         to_union = self.vocab.to_union(member, logits.device)
+        if member in self.stop_columns:
+            to_union = self.stop_columns[member].on(to_union)
         logits = logits.masked_fill(to_union == self.vocab.size, float("-inf"))
         probs = transformed_probs(logits, sampling)
         union = probs.new_zeros(probs.shape[0], self.vocab.size + 1)
         union.scatter_add_(1, to_union.expand_as(probs), probs)
         return union[:, : self.vocab.size].to(self.device)
+
+
+class _StopColumns:
+    """Which of a member's ids end which rows, besides its EOS: special tokens named as stop strings."""
+
+    def __init__(self, rows: list[frozenset[int]], size: int):
+        self.mask = torch.zeros(len(rows), size, dtype=torch.bool)
+        for b, ids in enumerate(rows):
+            self.mask[b, sorted(i for i in ids if i < size)] = True
+        self._maps: dict[str, torch.Tensor] = {}
+
+    @classmethod
+    def build(cls, transcript, vocab, members: list[Member]) -> dict[int, _StopColumns]:
+        if vocab.shared:  # the transcript stops on the sampled token itself
+            return {}
+        built = {}
+        for i, (member, rows) in enumerate(zip(members, transcript.stop_token_ids)):
+            rows = [ids - member.eos_ids for ids in rows]  # EOS ids already map to the union's EOS
+            if any(rows):
+                built[i] = cls(rows, vocab.member_size(i))
+        return built
+
+    def on(self, to_union: torch.Tensor) -> torch.Tensor:
+        """The member's map to the union [V], widened to [B, V] with the stop tokens sent to EOS."""
+        key = str(to_union.device)
+        if key not in self._maps:
+            mask = self.mask.to(to_union.device)
+            self._maps[key] = torch.where(mask, torch.full_like(to_union, UnionVocab.EOS), to_union)
+        return self._maps[key]
 
 
 @dataclass
@@ -152,6 +187,7 @@ class Decoder:
         self.transcript = make_transcript(self.vocab, [m.tokenizer for m in self.members], rendered, until, keep)
         _warn_if_truncated(self.members, self.transcript, keep)
         _refuse_empty_prompts(self.members, self.transcript)
+        self._stop_columns = _StopColumns.build(self.transcript, self.vocab, self.members)
         self.caches = [
             MemberCache(m.model, m.device, self.transcript.prompt_lengths(i), _pad_id(m), self.vocab.member_size(i))
             for i, m in enumerate(self.members)
@@ -198,7 +234,7 @@ class Decoder:
     def _run_routed_members(self, ctx: StepContext) -> tuple[MemberOutputs, torch.Tensor]:
         """Route, run the routed members for their rows, let the strategy route again having seen those
         outputs (a cascade), run what it added. Returns the outputs and the final routing."""
-        distributions = _Distributions(self.vocab, self.home)
+        distributions = _Distributions(self.vocab, self.home, self._stop_columns)
         hidden: dict[int, torch.Tensor] = {}
         outputs = MemberOutputs(distributions, hidden)
         ran = torch.zeros(ctx.active.shape[0], len(self.caches), dtype=torch.bool)

@@ -4,24 +4,32 @@ With a shared vocabulary the state is the generated ids themselves. With differe
 generated text as bytes, and a member's view is its own canonical tokenisation of (its prompt + that
 text): when the text grows, the member re-tokenises, keeps the longest prefix its cache already holds and
 recomputes the rest, so it never conditions on ids its tokenizer would not produce for that text.
+
+A stop string that is the text of a special token (a chat model's `<|im_end|>` that is not its EOS) never
+appears in the text, which leaves special tokens out; it stops a row when the token itself is produced:
+`stop_token_ids` holds, per member and row, the member's ids that do so.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from mixens.vocab import SharedVocab, UnionVocab, split_incomplete_utf8
+from mixens.vocab import SharedVocab, UnionVocab, special_ids, split_incomplete_utf8
 
 
 class Transcript:
     """`keep[i]`: the most prompt tokens member i may read (its context less the room for new tokens), or
     None for no limit; a longer prompt loses its first tokens, as lm-eval's own models truncate."""
 
-    def __init__(self, rows: int, until: Sequence[Sequence[str]]):
+    def __init__(self, rows: int, until: Sequence[Sequence[str]], tokenizers: Sequence = ()):
         self.done = [False] * rows
         self.until = [tuple(s for s in stops if s) for stops in until]
         self.stopped_text: list[str | None] = [None] * rows  # text cut at a stop string
         self._checked = [0] * rows  # how far each row's text has been searched for stop strings
+        # [member][row]: the member's special-token ids whose text is one of the row's stop strings
+        self.stop_token_ids = [special_stop_ids(t, self.until) for t in tokenizers]
+        # rows stopped by a token of the ensemble's id space (shared vocabulary only; see TokenTranscript)
+        self._stop_tokens: list[frozenset[int]] = [frozenset()] * rows
 
     def target_ids(self, member: int) -> list[list[int]]:
         raise NotImplementedError
@@ -34,6 +42,10 @@ class Transcript:
             if self.done[b]:
                 continue
             if self._is_eos(token):
+                self.done[b] = True
+                continue
+            if token in self._stop_tokens[b]:  # a special token whose text is a stop string
+                self.stopped_text[b] = self._text_so_far(b)
                 self.done[b] = True
                 continue
             self._add(b, token)
@@ -71,7 +83,9 @@ class TokenTranscript(Transcript):
     """Shared vocabulary: every member sees its own prompt ids followed by the generated ids."""
 
     def __init__(self, vocab: SharedVocab, tokenizers, prompts: list[list[tuple[str, bool]]], until, keep=None):
-        super().__init__(len(prompts[0]), until)
+        super().__init__(len(prompts[0]), until, tokenizers)
+        # One vocabulary: a member's special stop token is the ensemble's token of the same id.
+        self._stop_tokens = [frozenset().union(*rows) for rows in zip(*self.stop_token_ids)]
         self.vocab = vocab
         self.decoder = tokenizers[0]
         tokenized = [_tokenize(t, p) for t, p in zip(tokenizers, prompts)]
@@ -101,10 +115,12 @@ class TokenTranscript(Transcript):
 
 
 class TextTranscript(Transcript):
-    """Different tokenizers: the generated text (bytes) is the state; members re-tokenise it."""
+    """Different tokenizers: the generated text (bytes) is the state; members re-tokenise it. Special tokens
+    have no text, so the union never holds them: the decoder counts a member's special stop tokens
+    (`stop_token_ids`) as its end of sequence for that row, which ends the row like any EOS."""
 
     def __init__(self, vocab: UnionVocab, tokenizers, prompts: list[list[tuple[str, bool]]], until, keep=None):
-        super().__init__(len(prompts[0]), until)
+        super().__init__(len(prompts[0]), until, tokenizers)
         self.vocab = vocab
         self.codecs = vocab.codecs
         self.prompts = prompts
@@ -135,6 +151,19 @@ class TextTranscript(Transcript):
 
     def _final_text(self, b: int) -> str:
         return self.generated[b].decode("utf-8", errors="replace")
+
+
+def special_stop_ids(tokenizer, until: Sequence[Sequence[str]]) -> list[frozenset[int]]:
+    """Per row, the ids of the tokenizer's special tokens whose text is one of that row's stop strings."""
+    wanted = set().union(*until) if until else set()
+    by_text: dict[str, set[int]] = {}
+    if wanted:
+        added = getattr(tokenizer, "added_tokens_decoder", {})
+        for token_id in special_ids(tokenizer):
+            text = added[token_id].content if token_id in added else tokenizer.convert_ids_to_tokens(token_id)
+            if text in wanted:
+                by_text.setdefault(text, set()).add(token_id)
+    return [frozenset().union(*(by_text.get(s, ()) for s in stops)) for stops in until]
 
 
 def _tokenize(tokenizer, prompts: list[tuple[str, bool]]) -> list[list[int]]:
