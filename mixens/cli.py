@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import difflib
 import functools
 import json
@@ -82,6 +83,7 @@ def evaluate(cfg: DictConfig, out_dir: Path, plan: RunPlan) -> dict:
     With `compare`, the listed strategies run first on the same loaded members and problems."""
     import lm_eval
     import lm_eval.evaluator
+    from lm_eval.loggers import EvaluationTracker
 
     from mixens.comparison import compared_ensembles
     from mixens.ensemble import load_validated
@@ -111,6 +113,7 @@ def evaluate(cfg: DictConfig, out_dir: Path, plan: RunPlan) -> dict:
             print(f"mixens: evaluating {label}", file=sys.stderr)
         journal = open_journal(cfg, out_dir, label)
         lm = EnsembleLM(ensemble=each, batch_size=cfg.batch_size, seed=cfg.seed, journal=journal)
+        lm_eval_files = EvaluationTracker(output_path=str(out_dir / LM_EVAL_FOLDER))
         with reading_from(mirror), contextlib.closing(journal):
             results = lm_eval.simple_evaluate(
                 model=lm,
@@ -125,8 +128,10 @@ def evaluate(cfg: DictConfig, out_dir: Path, plan: RunPlan) -> dict:
                 numpy_random_seed=cfg.seed,
                 torch_random_seed=cfg.seed,
                 fewshot_random_seed=cfg.seed,
-                bootstrap_iters=0,
+                bootstrap_iters=bench.bootstrap_iters,
+                evaluation_tracker=lm_eval_files,
             )
+        save_lm_eval_files(lm_eval_files, lm.output_name, results)
         evaluations.append((label, results, lm))
     record = record_run(cfg, out_dir, evaluations, time.time() - started)
     if "samples_error" not in record:  # everything the journal kept is in the run's files now
@@ -135,6 +140,19 @@ def evaluate(cfg: DictConfig, out_dir: Path, plan: RunPlan) -> dict:
 
 
 JOURNAL_FOLDER = "journal"
+LM_EVAL_FOLDER = "lm_eval"  # lm-eval's own results and samples files, as its CLI writes them
+
+
+def save_lm_eval_files(tracker, name: str, results: dict) -> None:
+    """lm-eval's results_<date>.json and samples_<task>_<date>.jsonl under lm_eval/<name>/, for the tools that
+    read lm-eval's output (its own CLI's steps; copies, since lm-eval rewrites what it saves)."""
+    config = tracker.general_config_tracker
+    config.model_name, config.model_name_sanitized = name, name
+    results = copy.deepcopy(results)
+    samples = results.pop("samples", None)
+    tracker.save_results_aggregated(results=results, samples=samples)
+    for task in results.get("configs", {}) if samples else ():
+        tracker.save_results_samples(task_name=task, samples=samples[task])
 
 
 def open_journal(cfg: DictConfig, out_dir: Path, label: str):
@@ -166,6 +184,8 @@ def record_run(cfg: DictConfig, out_dir: Path, evaluations: list, seconds: float
         "config": OmegaConf.to_container(cfg, resolve=True),
         "metrics": metrics_by_task(results),
         "speed": lm.speed_stats.as_dict(),
+        # what lm-eval's own table reads: scores with standard errors, versions, n-shot, groups
+        "lm_eval": {key: results[key] for key in LM_EVAL_TABLE_KEYS if key in results},
         "resumed_requests": lm.journal.resumed
         if lm.journal is not None
         else 0,  # taken from an earlier attempt's journal
@@ -198,13 +218,21 @@ def record_run(cfg: DictConfig, out_dir: Path, evaluations: list, seconds: float
     return record
 
 
+LM_EVAL_TABLE_KEYS = ("results", "groups", "group_subtasks", "versions", "n-shot", "higher_is_better")
+
+
 def console_table(record: dict) -> str:
+    """The comparison table for a comparison; else lm-eval's own table (groups apart) and the speed line."""
+    from lm_eval.utils import make_table
+
     from mixens.comparison import comparison_table
-    from mixens.results_files import results_table
+    from mixens.results_files import speed_line
 
     if record.get("comparison"):
         return comparison_table(record["comparison"])
-    return results_table(record["metrics"], record["speed"])
+    scores = record["lm_eval"]
+    tables = [make_table(scores), *([make_table(scores, "groups")] if scores.get("groups") else [])]
+    return "\n".join(part for part in [*tables, speed_line(record["speed"])] if part)
 
 
 def main() -> None:

@@ -49,6 +49,9 @@ class BenchmarkConfig:
     # template (few-shot completion prompts, which instruct models answer in sentences inside a chat turn)
     member_chat_templates: bool = True
     log_samples: bool = True
+    # lm-eval's standard errors: closed form for means, this many bootstrap resamples for other metrics
+    # (lm-eval's default; 0 turns standard errors off)
+    bootstrap_iters: int = 100000
 
 
 @dataclass
@@ -155,6 +158,10 @@ def validate_run(cfg: DictConfig) -> RunPlan:
         )
     if bench.num_fewshot is not None and bench.num_fewshot < 0:
         raise ConfigError(f"benchmark.num_fewshot must be >= 0 (or null for the task's own), got {bench.num_fewshot}.")
+    if bench.bootstrap_iters < 0:
+        raise ConfigError(
+            f"benchmark.bootstrap_iters must be >= 0 (0: no standard errors), got {bench.bootstrap_iters}."
+        )
     if bench.max_gen_toks is not None and bench.max_gen_toks < 1:
         raise ConfigError(f"benchmark.max_gen_toks must be >= 1, got {bench.max_gen_toks}.")
     if cfg.seed < 0:

@@ -176,6 +176,12 @@ class EnsembleLM(LM):
         return 1
 
     @property
+    def output_name(self) -> str:
+        """The folder lm-eval's files go to (its model name): mixens-<strategy>-<members it runs>."""
+        used = self.ensemble.strategy.members_used() or range(len(self.members))
+        return output_name(self.ensemble.strategy.name, [self.members[i].name for i in used])
+
+    @property
     def tokenizer_name(self) -> str:
         names = []
         for m in self.members:
@@ -439,6 +445,10 @@ def _available_or_auto(device: str) -> str:
         log.warning("%s Using 'auto' instead.", err)
         return "auto"
     return device
+
+
+def output_name(strategy: str, member_names: Sequence[str]) -> str:
+    return f"mixens-{strategy}-{'+'.join(member_names)}"
 
 
 def _kwargs_key(gen_kwargs) -> str:

@@ -72,12 +72,14 @@ def ensemble_name(model_args) -> str | None:
     """A readable name for a mixens ensemble from its model_args (None for other models' arguments)."""
     from lm_eval.utils import simple_parse_args_string
 
+    from mixens.harness import output_name
+
     values = simple_parse_args_string(model_args) if isinstance(model_args, str) else dict(model_args or {})
     if not values.get("models"):
         return None
     paths = str(values["models"]).split("|")
     names = str(values["names"]).split("|") if values.get("names") else [p.rstrip("/").split("/")[-1] for p in paths]
-    return f"mixens-{values.get('strategy') or 'mixture'}-{'+'.join(names)}"
+    return output_name(values.get("strategy") or "mixture", names)
 
 
 def main() -> None:

@@ -80,18 +80,12 @@ def find_existing(folder: Path, config: dict) -> Path | None:
     return None
 
 
-def results_table(metrics: dict[str, dict[str, float]], speed: dict) -> str:
-    lines = [f"{'task':<32} {'metric':<28} {'value':>8}", "-" * 70]
-    for task, values in metrics.items():
-        for metric, value in values.items():
-            if metric.endswith("_stderr") or "_stderr," in metric or metric.split(",")[0] == "sample_len":
-                continue  # lm-eval reports the sample count beside the scores; it is not one
-            lines.append(f"{task:<32} {metric:<28} {value:>8.4f}")
-    if speed.get("tokens_generated"):
-        lines.append("-" * 70)
-        rate = speed.get("tokens_per_second") or 0.0
-        lines.append(
-            f"generated {speed['tokens_generated']} tokens in {speed['wall_seconds']:.1f} s "
-            f"({rate:.1f} tokens/s), {speed['forward_passes_per_step']:.2f} forward passes per step"
-        )
-    return "\n".join(lines)
+def speed_line(speed: dict) -> str:
+    """How much was generated and how fast, under the scores."""
+    if not speed.get("tokens_generated"):
+        return ""
+    rate = speed.get("tokens_per_second") or 0.0
+    return (
+        f"generated {speed['tokens_generated']} tokens in {speed['wall_seconds']:.1f} s "
+        f"({rate:.1f} tokens/s), {speed['forward_passes_per_step']:.2f} forward passes per step"
+    )

@@ -56,6 +56,7 @@ CASES = [
     ("negative few-shot count", lambda p: ["benchmark.num_fewshot=-1"], "num_fewshot"),
     ("fractional limit above one", lambda p: ["benchmark.limit=1.5"], "limit"),
     ("no new tokens", lambda p: ["benchmark.max_gen_toks=0"], "max_gen_toks"),
+    ("negative bootstrap count", lambda p: ["benchmark.bootstrap_iters=-1"], "bootstrap_iters"),
     ("negative temperature", lambda p: ["benchmark.temperature=-1"], "temperature"),
     ("sampling at temperature zero", lambda p: ["benchmark.do_sample=true", "benchmark.temperature=0"], "temperature"),
     ("top_p zero", lambda p: ["benchmark.top_p=0"], "top_p"),

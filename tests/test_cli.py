@@ -195,7 +195,32 @@ def test_a_run_writes_results(tiny_models, tmp_path):
     assert record["config"]["ensemble"]["strategy"] == "mixture"
     samples = (tmp_path / "run" / record["samples"]["gsm8k_paper"]).read_text().splitlines()
     assert len(samples) == 3
-    assert "results:" in done.stdout and "exact_match" in done.stdout
+    assert "results:" in done.stdout and re.search(r"\|gsm8k_paper *\|.*\|exact_match *\|.*± *\|", done.stdout)
+
+
+def test_a_run_writes_lm_evals_own_files_that_lm_evals_readers_load(tiny_models, tmp_path):
+    """results_<date>.json and samples_<task>_<date>.jsonl where lm-eval's CLI puts them, with standard errors."""
+    import datasets
+    from lm_eval.utils import get_latest_filename, get_results_filenames, get_sample_results_filenames, make_table
+
+    done = run_cli(
+        tmp_path, *tiny_overrides(tiny_models), "benchmark=gsm8k_paper", "benchmark.limit=3", "benchmark.max_gen_toks=8"
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    files = [str(p) for p in (tmp_path / "run" / "lm_eval").rglob("*.json*")]
+    latest = Path(get_latest_filename(get_results_filenames(files)))
+    assert latest.parent.name == "mixens-mixture-bpe_a+bpe_b"  # the ensemble's name, as mixens-lm-eval names it
+    results = json.loads(latest.read_text())
+    scores = results["results"]["gsm8k_paper"]
+    assert isinstance(scores["exact_match_stderr,extract"], float)  # standard errors by default
+    assert results["n-shot"]["gsm8k_paper"] == 0 and results["higher_is_better"]["gsm8k_paper"]["exact_match"]
+    assert results["configs"]["gsm8k_paper"]["task"] == "gsm8k_paper" and results["model_name"] == latest.parent.name
+    assert "gsm8k_paper" in make_table(results)
+    (samples,) = get_sample_results_filenames(files)
+    rows = datasets.load_dataset("json", data_files=samples, split="train")  # how lm-eval's hub upload reads them
+    assert rows.num_rows == 3 and set(rows.column_names) >= {"doc_id", "resps", "filtered_resps", "exact_match"}
+    record = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert record["lm_eval"]["results"]["gsm8k_paper"] == scores  # the same numbers in mixens' own record
 
 
 def test_multirun_of_two_strategies_and_two_seeds_writes_four_results_and_four_wandb_runs(tiny_models, tmp_path):
@@ -518,7 +543,7 @@ def test_a_real_full_disk_loses_nothing_the_console_can_still_show(tiny_models, 
     assert "Traceback" not in done.stderr + done.stdout and "No space left on device" in done.stderr
     assert re.search(r"journal .* cannot be written .* going on without it", done.stdout)  # Hydra logs to stdout
     assert "cli.log cannot be written" in done.stderr and done.stderr.count("mixens: the log file") == 1
-    assert re.search(r"gsm8k_paper\s+exact_match,extract\s+\d\.\d{4}", done.stderr)  # the metrics, on the console
+    assert re.search(r"\|gsm8k_paper *\|.*\|extract *\|.*\|exact_match *\|.*\| *\d", done.stderr)  # the metrics
     assert done.stderr.strip().splitlines()[-1].startswith("mixens: results could not be written")
 
 
@@ -547,7 +572,11 @@ def test_a_disk_that_fails_at_the_end_loses_only_what_it_cannot_hold(tmp_path, m
     from mixens.errors import OutputError
 
     cfg = composed("compare=[]", "benchmark=gsm8k_paper")
-    results = {"results": {"gsm8k_paper": {"exact_match,extract": 0.25}}, "samples": {"gsm8k_paper": [{"doc": 1}]}}
+    results = {
+        "results": {"gsm8k_paper": {"exact_match,extract": 0.25}},
+        "versions": {"gsm8k_paper": 1},
+        "samples": {"gsm8k_paper": [{"doc": 1}]},
+    }
     lm = SimpleNamespace(speed_stats=GenerationStats(), ensemble=SimpleNamespace(members=[], weights=()), journal=None)
     full = OSError(errno.ENOSPC, "No space left on device")
 
@@ -561,4 +590,4 @@ def test_a_disk_that_fails_at_the_end_loses_only_what_it_cannot_hold(tmp_path, m
     monkeypatch.setattr(results_files, "write_results", no_room)
     with pytest.raises(OutputError, match="results could not be written .* the metrics are printed above"):
         cli.record_run(cfg, tmp_path / "b", [("mixture", results, lm)], 1.0)
-    assert re.search(r"gsm8k_paper\s+exact_match,extract\s+0\.2500", capsys.readouterr().err)  # on the console
+    assert re.search(r"\|gsm8k_paper *\|.*\|exact_match *\|.*\| *0\.25 *\|", capsys.readouterr().err)  # on the console

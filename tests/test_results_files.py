@@ -6,8 +6,8 @@ import os
 
 import pytest
 
+from mixens.cli import console_table
 from mixens.files import write_atomic
-from mixens.results_files import results_table
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o002])
@@ -24,9 +24,24 @@ def test_results_files_get_the_mode_of_any_other_new_file(tmp_path, umask):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary left behind
 
 
-def test_the_printed_table_shows_scores_not_sample_counts():
-    table = results_table(
-        {"gsm8k": {"exact_match,strict": 0.25, "exact_match_stderr,strict": 0.1, "sample_len": 8}}, {}
-    )
-    assert "exact_match,strict" in table and "0.2500" in table
-    assert "sample_len" not in table and "stderr" not in table
+def test_the_printed_table_is_lm_evals_with_standard_errors_groups_apart_and_the_speed():
+    scores = {
+        "results": {
+            "mmlu_x": {"alias": "mmlu_x", "acc,none": 0.5, "acc_stderr,none": 0.05, "sample_len": 8},
+            "mmlu_y": {"alias": "mmlu_y", "acc,none": 0.25, "acc_stderr,none": 0.04, "sample_len": 8},
+        },
+        "groups": {"mmlu": {"alias": "mmlu", "acc,none": 0.375, "acc_stderr,none": 0.032}},
+        "group_subtasks": {"mmlu": ["mmlu_x", "mmlu_y"]},
+        "versions": {"mmlu_x": 1.0, "mmlu_y": 1.0, "mmlu": 2},
+        "n-shot": {"mmlu_x": 0, "mmlu_y": 0},
+        "higher_is_better": {"mmlu_x": {"acc": True}, "mmlu_y": {"acc": True}, "mmlu": {"acc": True}},
+    }
+    speed = {"tokens_generated": 64, "wall_seconds": 2.0, "tokens_per_second": 32.0, "forward_passes_per_step": 1.0}
+    table = console_table({"lm_eval": scores, "speed": speed})
+    cells = [[cell.strip() for cell in line.strip("|").split("|")] for line in table.splitlines() if line[:1] == "|"]
+    rows = {row[0]: row[1:6] + [float(row[6]), row[7], float(row[8])] for row in cells if row[-1][:1].isdigit()}
+    assert rows["- mmlu_x"] == ["1", "none", "0", "acc", "↑", 0.5, "±", 0.05]  # a subtask, under its group
+    assert rows["mmlu"] == ["2", "none", "", "acc", "↑", 0.375, "±", 0.032]
+    assert table.index("|Groups") > table.index("- mmlu_y")  # the groups in a table of their own, after
+    assert "sample_len" not in table
+    assert table.splitlines()[-1] == "generated 64 tokens in 2.0 s (32.0 tokens/s), 1.00 forward passes per step"
