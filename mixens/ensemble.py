@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from mixens.chat import check_messages
 from mixens.decoding import SAMPLING_STREAM, Decoder, GenerationStats, stream_seed
 from mixens.errors import ConfigError
 from mixens.members import Member, hub_access, load_member
@@ -77,7 +78,7 @@ class Ensemble:
 
     def generate(
         self,
-        prompts: str | Sequence[str],
+        prompts: str | Sequence[str] | Sequence[dict] | Sequence[Sequence[dict]],
         *,
         max_new_tokens: int,
         do_sample: bool = True,
@@ -91,12 +92,14 @@ class Ensemble:
     ) -> GenerationResult:
         """Texts generated after each prompt (cut before the first stop string), with statistics.
 
-        `until` is one list of stop strings for every prompt or one list per prompt. Prompts are decoded in
-        batches of `batch_size`, in the order given; the same seed and batching give the same texts.
+        A prompt is a string or a chat: a list of {"role", "content"} messages, rendered by each member with its
+        own chat template (a string, or one chat, is one prompt). `until` is one list of stop strings for every
+        prompt or one list per prompt. Prompts are decoded in batches of `batch_size`, in the order given; the
+        same seed and batching give the same texts.
         """
         sampling = Sampling(do_sample, temperature, top_k, top_p)
         check_decoding_budget(max_new_tokens, seed)
-        prompts = [prompts] if isinstance(prompts, str) else list(prompts)  # a string is one prompt, not its characters
+        prompts = _prompt_list(prompts)
         if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
             raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}.")
         stops = _per_prompt_stops(until, len(prompts))
@@ -135,6 +138,19 @@ class Ensemble:
             if decoder.done:
                 break
         return decoder.texts(), decoder.stats
+
+
+def _prompt_list(prompts) -> list[str | list[dict]]:
+    """One string or one chat is one prompt (not its characters, not its messages)."""
+    if isinstance(prompts, str):
+        return [prompts]
+    prompts = list(prompts)
+    if prompts and all(isinstance(p, dict) for p in prompts):
+        return [check_messages(prompts)]
+    for i, prompt in enumerate(prompts):
+        if not isinstance(prompt, str):
+            check_messages(prompt, f"prompt {i}")
+    return prompts
 
 
 def _per_prompt_stops(until, count: int) -> list[tuple[str, ...]]:

@@ -43,6 +43,7 @@ from lm_eval.models.utils import Collator, handle_stop_sequences, normalize_gen_
 from lm_eval.utils import handle_arg_string, simple_parse_args_string
 from tqdm.auto import tqdm
 
+from mixens.chat import chat_prompt
 from mixens.decoding import GenerationStats
 from mixens.ensemble import Ensemble, load_ensemble
 from mixens.errors import ConfigError
@@ -205,19 +206,16 @@ class EnsembleLM(LM):
     # ------------------------------------------------------------------ chat templates
 
     def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
-        """The user message itself: each member that asks for a chat template wraps it in its own template
-        when it reads the prompt (Member.render_prompt), so members with different templates see their own.
-        When no member asks (--apply_chat_template alone), every member uses its tokenizer's own template."""
+        """The chat as a prompt each member renders with its own template when it reads it
+        (Member.render_prompt), so members with different templates see their own: one user message stays
+        its text; a longer chat (--system_instruction, --fewshot_as_multiturn, a gen_prefix ending it in an
+        assistant message) travels as mixens.chat's string. When no member asks for a template
+        (--apply_chat_template alone), every member uses its tokenizer's own."""
         if all(m.spec.chat_template is False for m in self.members):
             self._use_member_templates()
-        roles = [turn.get("role") for turn in chat_history]
-        if roles != ["user"] or not add_generation_prompt:
-            raise ConfigError(
-                f"mixens members template one user message, but lm-eval built a chat of roles {roles}"
-                f"{'' if add_generation_prompt else ' ending in an assistant prefill'}; drop --system_instruction, "
-                "use --fewshot_as_multiturn false, and no gen_prefix."
-            )
-        return chat_history[0]["content"]
+        if [turn.get("role") for turn in chat_history] == ["user"] and add_generation_prompt:
+            return chat_history[0]["content"]
+        return chat_prompt(chat_history)
 
     def chat_template(self, chat_template: bool | str = False) -> str | None:
         """The templates members apply, for lm-eval's run record."""

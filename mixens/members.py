@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from mixens.chat import as_messages
 from mixens.errors import ConfigError
 from mixens.hub import check_hub_reachable, hub_offline, hub_unreachable, is_hub_id, is_network_failure
 from mixens.spec import ModelSpec
@@ -28,21 +29,32 @@ class Member:
     def name(self) -> str:
         return self.spec.name
 
-    def render_prompt(self, prompt: str) -> tuple[str, bool]:
-        """The text this member sees for a user prompt, and whether its tokenizer adds special tokens.
+    def render_prompt(self, prompt: str | list[dict]) -> tuple[str, bool]:
+        """The text this member sees for a prompt, and whether its tokenizer adds special tokens.
 
-        A chat template already writes BOS and the turn markers, so the tokenizer must not add them again.
+        Plain text is read as written, or as one user message when the member asks for its chat template.
+        A chat (mixens.chat) is always rendered with the member's template; one that ends in an assistant
+        message is continued from it. A chat template already writes BOS and the turn markers, so the
+        tokenizer must not add them again.
         """
-        if self.spec.chat_template is False:
-            return prompt, True
-        template = None if self.spec.chat_template is True else self.spec.chat_template
+        messages = as_messages(prompt)
+        if messages is None:
+            if self.spec.chat_template is False:
+                return prompt, True
+            messages = [{"role": "user", "content": prompt}]
+        template = self.spec.chat_template if isinstance(self.spec.chat_template, str) else None
         if template is None and not getattr(self.tokenizer, "chat_template", None):
             raise ConfigError(
-                f"models[{self.name}].chat_template is true but this tokenizer has no chat template; "
-                "set chat_template to false or to a Jinja template string."
+                f"member {self.name} was given a chat, or asked for its chat template, but its tokenizer has none; "
+                f"give one as models[{self.name}].chat_template (a Jinja template string)."
             )
+        prefilled = messages[-1]["role"] == "assistant"
         text = self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], chat_template=template, tokenize=False, add_generation_prompt=True
+            messages,
+            chat_template=template,
+            tokenize=False,
+            add_generation_prompt=not prefilled,
+            continue_final_message=prefilled,
         )
         return text, False
 

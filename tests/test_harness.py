@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 
@@ -239,11 +240,65 @@ def test_chat_template_members_read_lm_evals_prompts_through_their_template(tiny
         return model.generate_until([Instance("generate_until", {}, (text, {"max_gen_toks": 8}), 0)])
 
     assert generate(lm, prompt) == generate(hf, rendered)
-
-    with pytest.raises(ConfigError, match="fewshot_as_multiturn"):
-        lm.apply_chat_template([{"role": "user", "content": "1+1?"}, {"role": "assistant", "content": "2"}])
     with pytest.raises(ConfigError, match=rf"the tokenizer of \['{name}'\] has none"):
         single(tiny_models[name], name).apply_chat_template([{"role": "user", "content": "Hi"}])
+
+
+ROLE_TEMPLATE = (
+    "{{ bos_token or '' }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+CHAT = [  # what lm-eval builds for --system_instruction with --fewshot_as_multiturn
+    {"role": "system", "content": "Answer with a number."},
+    {"role": "user", "content": "What is 1 + 1?"},
+    {"role": "assistant", "content": "2"},
+    {"role": "user", "content": "What is 12 + 30?"},
+]
+
+
+@pytest.mark.parametrize("name", ["bpe_a", "sp_c"])
+def test_a_chat_of_several_turns_reads_as_the_members_template_renders_it(tiny_models, hf_models, name):
+    """A system instruction and few-shot turns reach each member through its own template, with the numbers
+    and the generation of lm-eval's HF model given the text that template renders."""
+    lm = EnsembleLM(
+        ensemble=mixens.load_ensemble([spec(tiny_models[name], name, chat_template=ROLE_TEMPLATE)], "single")
+    )
+    prompt = lm.apply_chat_template(CHAT)
+    tokenizer = lm.members[0].tokenizer
+    rendered = tokenizer.apply_chat_template(
+        CHAT, chat_template=ROLE_TEMPLATE, tokenize=False, add_generation_prompt=True
+    )
+    assert lm.members[0].render_prompt(prompt) == (rendered, False) and rendered.startswith(
+        f"{tokenizer.bos_token or ''}<|system|>"
+    )
+    continuations = [" 42", "The answer is 42"]
+    got = lm.loglikelihood(loglikelihood_requests([(prompt, c) for c in continuations]), disable_tqdm=True)
+    hf = hf_models(name)
+    expected = hf.loglikelihood(loglikelihood_requests([(rendered, c) for c in continuations]), disable_tqdm=True)
+    assert [v for v, _ in got] == pytest.approx([v for v, _ in expected], rel=REL, abs=1e-5)
+    request = [Instance("generate_until", {}, (prompt, {"max_gen_toks": 8}), 0)]
+    assert lm.generate_until(request) == hf.generate_until(
+        [Instance("generate_until", {}, (rendered, {"max_gen_toks": 8}), 0)]
+    )
+    # lm-eval's gen_prefix: the chat ends in the start of the answer, which the member continues
+    prefilled = lm.apply_chat_template(
+        [*CHAT, {"role": "assistant", "content": "The answer is"}], add_generation_prompt=False
+    )
+    assert lm.members[0].render_prompt(prefilled)[0] == rendered + "The answer is"
+
+
+def test_the_python_api_takes_chats_as_prompts(tiny_models):
+    from mixens.chat import chat_prompt
+
+    ensemble = mixens.load_ensemble(
+        [spec(tiny_models[n], n, chat_template=ROLE_TEMPLATE) for n in ("bpe_a", "sp_c")], "mixture"
+    )
+    greedy = {"max_new_tokens": 6, "do_sample": False}
+    one = ensemble.generate(CHAT, **greedy).texts  # one chat is one prompt, not four
+    assert len(one) == 1 and one == ensemble.generate(chat_prompt(CHAT), **greedy).texts
+    assert ensemble.generate([CHAT, "What is 2 + 2?"], **greedy).texts[0] == one[0]
+    with pytest.raises(ConfigError, match="message 1 needs a role"):
+        ensemble.generate([[{"role": "user", "content": "Hi"}, {"role": "robot", "content": "beep"}]], **greedy)
 
 
 def test_apply_chat_template_alone_turns_on_each_members_own_template(tiny_models, tmp_path):
@@ -385,6 +440,39 @@ def test_lm_evals_own_cli_runs_the_mixens_model(tiny_models, tmp_path):
     assert results["config"]["model"] == "mixens"
     assert results["results"]["gsm8k_paper"]["sample_len"] == 2
     assert 0.0 <= results["results"]["gsm8k_paper"]["exact_match,extract"] <= 1.0
+
+
+def test_lm_evals_cli_with_a_system_instruction_and_few_shot_turns_reaches_each_members_template(tiny_models, tmp_path):
+    """--apply_chat_template --system_instruction --fewshot_as_multiturn on a stock few-shot task: each member
+    (two tokenizers, each with its own template) reads the whole chat, system turn and examples included."""
+    from mixens.chat import as_messages
+
+    folders = []
+    for name in ("bpe_a", "sp_c"):
+        folder = tmp_path / name
+        shutil.copytree(tiny_models[name], folder)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        tokenizer.chat_template = ROLE_TEMPLATE
+        tokenizer.save_pretrained(folder)
+        folders.append(str(folder))
+    args = [
+        sys.executable, "-m", "mixens.lm_eval_cli", "run", "--model", "mixens",
+        "--model_args", f"models={'|'.join(folders)},strategy=mixture,device=cpu",
+        "--tasks", "gsm8k", "--num_fewshot", "2", "--limit", "2", "--gen_kwargs", "max_gen_toks=4",
+        "--apply_chat_template", "--system_instruction", "Answer with a number.", "--fewshot_as_multiturn",
+        "--log_samples", "--output_path", str(tmp_path / "out"),
+    ]  # fmt: skip
+    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(args, cwd=HUB_FIXTURE, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (samples,) = (tmp_path / "out").rglob("samples_gsm8k_*.jsonl")
+    rows = [json.loads(line) for line in samples.read_text().splitlines()]
+    chat = as_messages(rows[0]["arguments"]["gen_args_0"]["arg_0"])
+    assert [m["role"] for m in chat] == ["system", "user", "assistant", "user", "assistant", "user"]
+    assert chat[0]["content"] == "Answer with a number." and {row["doc_id"] for row in rows} == {0, 1}
+    (results,) = (tmp_path / "out").rglob("results_*.json")
+    settings = json.loads(results.read_text())
+    assert settings["fewshot_as_multiturn"] and settings["system_instruction"] == "Answer with a number."
 
 
 def test_create_from_arg_string_builds_a_working_ensemble(tiny_models):
