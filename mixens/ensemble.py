@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from mixens.chat import check_messages
 from mixens.decoding import SAMPLING_STREAM, Decoder, GenerationStats, stream_seed
 from mixens.errors import ConfigError
-from mixens.members import Member, hub_access, load_member
+from mixens.members import Member, hub_access, in_memory_member, in_memory_spec, load_member
 from mixens.sampling import Sampling, check_decoding_budget, pick
 from mixens.spec import ModelSpec, normalized_weights, validate_members
 from mixens.strategies import Strategy, build_strategy
@@ -173,11 +173,14 @@ def load_ensemble(
 ) -> Ensemble:
     """Validate everything, then load the members and build the ensemble.
 
+    A model is a mapping (name, path, weight, dtype, device, ...: mixens.spec.ModelSpec) or a model already in
+    memory: {"name", "model", "tokenizer"} with optional "weight" and "chat_template".
     `strategy` is a name with its options as keywords (members by name: `member` for single, `draw` for
     mixture, `union_top_k` for averaging_topk_union, the router's in strategies/router.py), or a strategy
     already built by `mixens.strategies.build_strategy`.
     """
-    specs = [ModelSpec.from_mapping(raw, i) for i, raw in enumerate(models)]
+    given = {i: (raw["model"], raw["tokenizer"]) for i, raw in enumerate(models) if _in_memory(raw)}
+    specs = [in_memory_spec(raw, i) if i in given else ModelSpec.from_mapping(raw, i) for i, raw in enumerate(models)]
     validate_members(specs)
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}.")
@@ -185,16 +188,28 @@ def load_ensemble(
         strategy = build_strategy(strategy, [s.name for s in specs], strategy_options)
     elif strategy_options:
         raise ConfigError(f"options {sorted(strategy_options)} go with a strategy name, not a built strategy.")
-    return load_validated(specs, strategy, batch_size)
+    return load_validated(specs, strategy, batch_size, given)
 
 
-def load_validated(specs: Sequence[ModelSpec], strategy: Strategy, batch_size: int = 8) -> Ensemble:
-    """Load members that were already validated (load_ensemble, or a run's plan) under a built strategy.
-    A strategy that runs fewer members than given (single) loads only those."""
+def load_validated(
+    specs: Sequence[ModelSpec], strategy: Strategy, batch_size: int = 8, given: Mapping[int, tuple] | None = None
+) -> Ensemble:
+    """Load members that were already validated (load_ensemble, or a run's plan) under a built strategy;
+    `given` holds the (model, tokenizer) of members already in memory, by index. A strategy that runs fewer
+    members than given (single) loads only those."""
+    given = dict(given or {})
     used = strategy.members_used()
     if used is not None:
+        given = {new: given[old] for new, old in enumerate(used) if old in given}
         specs, strategy = [specs[i] for i in used], strategy.restricted()
     for i, spec in enumerate(specs):  # a hub that does not answer fails before any weights load
-        hub_access(spec, i)
-    members = [load_member(spec, i) for i, spec in enumerate(specs)]
+        if i not in given:
+            hub_access(spec, i)
+    members = [
+        in_memory_member(spec, *given[i]) if i in given else load_member(spec, i) for i, spec in enumerate(specs)
+    ]
     return Ensemble(members, strategy, batch_size=batch_size)
+
+
+def _in_memory(raw) -> bool:
+    return isinstance(raw, Mapping) and "model" in raw

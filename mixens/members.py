@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -10,7 +11,7 @@ import torch
 from mixens.chat import as_messages
 from mixens.errors import ConfigError
 from mixens.hub import check_hub_reachable, hub_offline, hub_unreachable, is_hub_id, is_network_failure
-from mixens.spec import ModelSpec
+from mixens.spec import IN_MEMORY, ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +135,37 @@ def load_member(spec: ModelSpec, index: int) -> Member:
         raise
     model.to(device).eval()
     return Member(spec, model, tokenizer, device, frozenset(eos_token_ids(model, tokenizer)))
+
+
+IN_MEMORY_KEYS = ("name", "model", "tokenizer", "weight", "chat_template")
+
+
+def in_memory_spec(raw: Mapping, index: int) -> ModelSpec:
+    """The spec of a member given as {"name", "model", "tokenizer"} (and "weight", "chat_template"): a model
+    already in memory (fine-tuned, PEFT, quantised), used as it is, on its own device and in its own dtype."""
+    where = f"models[{index}]"
+    if unknown := sorted(set(raw) - set(IN_MEMORY_KEYS)):
+        raise ConfigError(f"{where} has unknown keys {unknown}; a loaded model takes {list(IN_MEMORY_KEYS)}.")
+    if not isinstance(raw.get("model"), torch.nn.Module) or not hasattr(raw["model"], "config"):
+        raise ConfigError(
+            f"{where}.model must be a loaded transformers causal LM, got {type(raw.get('model')).__name__}."
+        )
+    if not callable(getattr(raw.get("tokenizer"), "encode", None)):
+        raise ConfigError(
+            f"{where}.tokenizer must be the model's loaded tokenizer, got {type(raw.get('tokenizer')).__name__}."
+        )
+    if not isinstance(raw.get("name"), str) or not raw["name"]:
+        raise ConfigError(f"{where}.name is missing: a loaded model has no path to take its name from.")
+    return ModelSpec.from_mapping(
+        {"name": raw["name"], "path": IN_MEMORY, "weight": raw.get("weight", 1.0),
+         "chat_template": raw.get("chat_template", False)}, index
+    )  # fmt: skip
+
+
+def in_memory_member(spec: ModelSpec, model, tokenizer) -> Member:
+    device = next(model.parameters()).device
+    log.info("using %s as loaded (%s, %s)", spec.name, next(model.parameters()).dtype, device)
+    return Member(spec, model.eval(), tokenizer, device, frozenset(eos_token_ids(model, tokenizer)))
 
 
 def context_length(member: Member) -> int | None:

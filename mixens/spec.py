@@ -14,6 +14,7 @@ from pathlib import Path
 from mixens.errors import ConfigError
 from mixens.hub import HUB_ID, in_hub_cache
 
+IN_MEMORY = "<in memory>"  # the path of a member given as a loaded model and tokenizer
 DTYPES = ("auto", "float32", "float16", "bfloat16", "float64")  # float64: exact numerical checks
 
 
@@ -97,6 +98,8 @@ def validate_path(spec: ModelSpec, index: int) -> None:
 
     where = f"models[{index}].path"
     path = spec.path
+    if path == IN_MEMORY:  # given as a model and tokenizer already loaded
+        return
     if packaged.is_packaged(path):
         name = packaged.packaged_name(path)
         if name not in packaged.PACKAGED_MODELS:

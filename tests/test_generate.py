@@ -168,3 +168,25 @@ def test_an_empty_prompt_for_a_member_without_a_start_token_is_one_clear_error(e
     for prompts in ([""], ["Hi", ""]):
         with pytest.raises(mixens.ConfigError, match=r"prompt \d of the batch is empty for member a"):
             ensembles[vocab]["mixture"].generate(prompts, max_new_tokens=3)
+
+
+def test_a_model_already_in_memory_generates_what_the_same_model_loaded_by_path_does(tiny_models):
+    """A loaded model and tokenizer (fine-tuned, PEFT, quantised in this process) join as they are."""
+    path = tiny_models["sp_c"]
+    in_memory = {
+        "name": "c",
+        "model": AutoModelForCausalLM.from_pretrained(path),
+        "tokenizer": AutoTokenizer.from_pretrained(path),
+    }
+    by_path = mixens.load_ensemble([spec(tiny_models["bpe_a"], "a"), spec(path, "c")], "mixture")
+    given = mixens.load_ensemble([spec(tiny_models["bpe_a"], "a"), in_memory], "mixture")
+    settings = {"max_new_tokens": 12, "top_k": 20, "seed": 4}
+    prompts = ["The capital of France is", "Question: what is 12 + 30?\nAnswer:"]
+    assert given.generate(prompts, **settings).texts == by_path.generate(prompts, **settings).texts
+    assert given.members[1].model is in_memory["model"] and given.members[1].spec.path == "<in memory>"
+    alone = mixens.load_ensemble([spec(tiny_models["bpe_a"], "a"), in_memory], "single", member="c")
+    assert [m.model for m in alone.members] == [in_memory["model"]]  # single keeps the given model, loads nothing
+    with pytest.raises(mixens.ConfigError, match=r"models\[0\].name is missing"):
+        mixens.load_ensemble([{"model": in_memory["model"], "tokenizer": in_memory["tokenizer"]}])
+    with pytest.raises(mixens.ConfigError, match=r"models\[0\].tokenizer must be"):
+        mixens.load_ensemble([{"name": "x", "model": in_memory["model"], "tokenizer": None}])
