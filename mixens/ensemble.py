@@ -16,6 +16,7 @@ from mixens.members import Member, hub_access, in_memory_member, in_memory_spec,
 from mixens.sampling import Sampling, check_decoding_budget, pick
 from mixens.spec import ModelSpec, normalized_weights, validate_members
 from mixens.strategies import Strategy, build_strategy
+from mixens.token_record import TokenRecord, TokenRecorder
 from mixens.vocab import build_alignment
 
 
@@ -23,6 +24,7 @@ from mixens.vocab import build_alignment
 class GenerationResult:
     texts: list[str]
     stats: GenerationStats
+    tokens: list[TokenRecord] | None = None  # with generate(..., return_tokens=True): one per prompt
 
 
 class Ensemble:
@@ -89,13 +91,15 @@ class Ensemble:
         seed: int = 0,
         batch_size: int | None = None,
         progress: bool | None = None,
+        return_tokens: bool = False,
     ) -> GenerationResult:
         """Texts generated after each prompt (cut before the first stop string), with statistics.
 
         A prompt is a string or a chat: a list of {"role", "content"} messages, rendered by each member with its
         own chat template (a string, or one chat, is one prompt). `until` is one list of stop strings for every
         prompt or one list per prompt. Prompts are decoded in batches of `batch_size`, in the order given; the
-        same seed and batching give the same texts.
+        same seed and batching give the same texts. `return_tokens`: also each prompt's tokens with their
+        log-probabilities and the members they came from (mixens.token_record.TokenRecord).
         """
         sampling = Sampling(do_sample, temperature, top_k, top_p)
         check_decoding_budget(max_new_tokens, seed)
@@ -107,18 +111,22 @@ class Ensemble:
         starts = range(0, len(prompts), size)
         show = progress if progress is not None else len(starts) > 1
         texts: list[str] = []
+        tokens: list[TokenRecord] | None = [] if return_tokens else None
         stats = GenerationStats()
         bar = tqdm(total=len(prompts), desc="generating", unit="prompt", disable=not show)
         for batch_index, start in enumerate(starts):
             chunk = slice(start, start + size)
+            recorder = TokenRecorder(self, len(prompts[chunk])) if return_tokens else None
             batch_texts, batch_stats = self.decode(
-                prompts[chunk], stops[chunk], sampling, max_new_tokens, seed, batch_index
+                prompts[chunk], stops[chunk], sampling, max_new_tokens, seed, batch_index, recorder
             )
             texts.extend(batch_texts)
+            if recorder is not None:
+                tokens.extend(recorder.records)
             stats.add(batch_stats)
             bar.update(len(batch_texts))
         bar.close()
-        return GenerationResult(texts, stats)
+        return GenerationResult(texts, stats, tokens)
 
     def decode(
         self,
@@ -128,13 +136,17 @@ class Ensemble:
         max_new_tokens: int,
         seed: int,
         batch_index: int = 0,
+        recorder: TokenRecorder | None = None,
     ) -> tuple[list[str], GenerationStats]:
         """One prepared batch, generated as it is given (no checks, no batching): for callers that did both."""
         decoder = Decoder(self, prompts, until, sampling, seed, batch_index, room=max_new_tokens)
         rng = torch.Generator(device=decoder.home).manual_seed(stream_seed(seed, SAMPLING_STREAM, batch_index))
         for _ in range(max_new_tokens):
             step = decoder.step()
-            decoder.append(pick(step.dist, sampling, rng).tolist())
+            picked = pick(step.dist, sampling, rng)
+            if recorder is not None:
+                recorder.add(step, picked)
+            decoder.append(picked.tolist())
             if decoder.done:
                 break
         return decoder.texts(), decoder.stats

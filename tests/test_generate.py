@@ -190,3 +190,41 @@ def test_a_model_already_in_memory_generates_what_the_same_model_loaded_by_path_
         mixens.load_ensemble([{"model": in_memory["model"], "tokenizer": in_memory["tokenizer"]}])
     with pytest.raises(mixens.ConfigError, match=r"models\[0\].tokenizer must be"):
         mixens.load_ensemble([{"name": "x", "model": in_memory["model"], "tokenizer": None}])
+
+
+@pytest.mark.parametrize("strategy", ["mixture", "averaging"])
+def test_each_token_comes_with_its_log_probability_and_the_members_it_came_from(tiny_models, strategy):
+    """Recomputed from the members' own forward passes on the prompt and the recorded ids."""
+    names = ("bpe_a", "bpe_b")
+    ensemble = mixens.load_ensemble([spec(tiny_models[n], n) for n in names], strategy)
+    prompts = ["The capital of France is", "Hi"]
+    result = ensemble.generate(prompts, max_new_tokens=10, seed=2, return_tokens=True)
+    models = {m.name: m.model for m in ensemble.members}
+    tokenizer = ensemble.members[0].tokenizer
+    for prompt, text, record in zip(prompts, result.texts, result.tokens):
+        assert len(record.ids) == len(record.logprobs) == len(record.members) == len(record.pieces) > 0
+        assert tokenizer.decode(record.ids, skip_special_tokens=True).startswith(text)  # no stops given
+        ids = tokenizer(prompt)["input_ids"]
+        for token, logprob, used in zip(record.ids, record.logprobs, record.members):
+            with torch.no_grad():
+                probs = {n: torch.softmax(models[n](torch.tensor([ids])).logits[0, -1].double(), -1) for n in names}
+            if strategy == "mixture":
+                assert len(used) == 1  # the one member drawn for this token
+                expected = probs[used[0]][token]
+            else:
+                assert used == names
+                expected = sum(probs[n][token] for n in names) / 2
+            assert logprob == pytest.approx(float(expected.log()), abs=1e-4)
+            ids.append(token)
+    drawn = {m for record in result.tokens for used in record.members for m in used}
+    assert drawn == set(names)  # over 20 draws, both members wrote tokens
+    assert ensemble.generate(prompts, max_new_tokens=10, seed=2).tokens is None  # only when asked
+
+
+def test_with_different_tokenizers_the_recorded_ids_are_the_union_vocabularys(tiny_models):
+    ensemble = mixens.load_ensemble([spec(tiny_models[n], n) for n in ("bpe_a", "sp_c")], "mixture")
+    result = ensemble.generate(["The capital of France is"], max_new_tokens=12, seed=1, return_tokens=True)
+    (record,) = result.tokens
+    surfaces = [ensemble.vocab.surfaces[i] for i in record.ids if i != ensemble.vocab.EOS]
+    assert b"".join(surfaces).decode("utf-8", errors="replace").startswith(result.texts[0])
+    assert all(len(used) == 1 for used in record.members) and all(lp <= 0 for lp in record.logprobs)
