@@ -63,6 +63,9 @@ class Ensemble:
         """The same loaded members under other weights (normalised to sum to one)."""
         return Ensemble(self.members, self.strategy, self.batch_size, self.vocab, weights)
 
+    def with_batch_size(self, batch_size: int) -> Ensemble:
+        return Ensemble(self.members, self.strategy, batch_size, self.vocab, self.weights)
+
     def with_chat_templates(self) -> Ensemble:
         """The same models, every member that reads prompts as written now wrapping them in its tokenizer's
         own chat template."""

@@ -22,8 +22,9 @@ model_args: lm-eval splits them at ',' and '='; a list is written with '|':
   any other key      an option of the chosen strategy, as in mixens/conf/ensemble/<strategy>.yaml: member
                      (single), draw (mixture), union_top_k (averaging_topk_union), policy, designated,
                      threshold, ... (router); members by name. The strategy refuses keys it lacks.
-lm-eval's --batch_size and --device apply when model_args does not set them ('auto' batch sizes fall back
-to 8; a --device this machine lacks falls back to 'auto', as lm-eval's own HF model does).
+lm-eval's --batch_size and --device apply when model_args does not set them (batch_size=auto finds the
+largest batch that fits, from --max_batch_size (default 64) down; a --device this machine lacks falls back to
+'auto', as lm-eval's own HF model does).
 
 Likelihood is scored by mixens.likelihood (see there for how each vocabulary case is defined).
 """
@@ -43,6 +44,7 @@ from lm_eval.models.utils import Collator, handle_stop_sequences, normalize_gen_
 from lm_eval.utils import handle_arg_string, simple_parse_args_string
 from tqdm.auto import tqdm
 
+from mixens.batch_size import MAX_BATCH_SIZE, largest_fitting_batch
 from mixens.chat import chat_prompt
 from mixens.decoding import GenerationStats
 from mixens.ensemble import Ensemble, load_ensemble
@@ -78,6 +80,7 @@ class EnsembleLM(LM):
         trust_remote_code=None,
         strategy: str | None = None,
         batch_size: int | str | None = None,
+        max_batch_size: int | None = None,
         seed: int = 0,
         max_gen_toks: int = 256,
         max_length: int | None = None,
@@ -89,6 +92,8 @@ class EnsembleLM(LM):
         finished batches are kept there and taken from there when the job runs again."""
         super().__init__()
         batch_size = _batch_size(batch_size)
+        auto = batch_size == AUTO
+        batch_size = None if auto else batch_size
         per_member = {"weights": weights, "names": names, "dtype": dtype, "device": device, "revision": revision,
                       "chat_template": chat_template, "trust_remote_code": trust_remote_code}  # fmt: skip
         if ensemble is None:
@@ -116,6 +121,10 @@ class EnsembleLM(LM):
         if ensemble.shared_vocabulary:  # one window size, so that every member scores the same tokens
             lengths = [min(lengths)] * len(lengths)
         self.encoders = [MemberEncoder(m, n) for m, n in zip(ensemble.members, lengths)]
+        if auto:  # lm-eval's batch_size=auto: the largest batch of full-length sequences that fits
+            self._batch_size = largest_fitting_batch(ensemble.members, lengths, _max_batch(max_batch_size))
+            self.batch_sizes = {0: self._batch_size}  # what lm-eval records (and prints) as the sizes found
+            self.ensemble = ensemble = ensemble.with_batch_size(self._batch_size)
 
     # ------------------------------------------------------------------ construction from lm-eval
 
@@ -130,6 +139,8 @@ class EnsembleLM(LM):
         extra = {k: v for k, v in (additional_config or {}).items() if v is not None}
         if "batch_size" in extra:
             args.setdefault("batch_size", extra["batch_size"])
+        if "max_batch_size" in extra:
+            args.setdefault("max_batch_size", extra["max_batch_size"])
         if "device" in extra and "device" not in args:
             args["device"] = _available_or_auto(str(extra["device"]))
         return cls(**args)
@@ -420,19 +431,31 @@ def _template_flag(value) -> bool | str:
     return value if isinstance(value, (bool, str)) else str(value)
 
 
-def _batch_size(value) -> int | None:
-    """An int, a digit string, or lm-eval's 'auto'/'auto:N' (no automatic search here: the default)."""
+AUTO = "auto"
+
+
+def _batch_size(value) -> int | str | None:
+    """An int, a digit string, or lm-eval's 'auto' ('auto:N', which lm-eval re-runs N times, searches once)."""
     if value is None:
         return None
     if isinstance(value, str):
-        if value.startswith("auto"):
-            log.warning("batch_size '%s': mixens has no automatic batch size; using %d.", value, DEFAULT_BATCH_SIZE)
-            return DEFAULT_BATCH_SIZE
+        if value == AUTO or value.startswith(AUTO + ":"):
+            return AUTO
         if not value.strip().isdigit():
             raise ConfigError(f"batch_size must be a positive integer or 'auto', got {value!r}.")
         value = int(value)
     if not isinstance(value, int) or value < 1:
         raise ConfigError(f"batch_size must be a positive integer or 'auto', got {value!r}.")
+    return value
+
+
+def _max_batch(value) -> int:
+    if value is None:
+        return MAX_BATCH_SIZE
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if not isinstance(value, int) or value < 1:
+        raise ConfigError(f"max_batch_size must be a positive integer, got {value!r}.")
     return value
 
 

@@ -459,6 +459,7 @@ def test_lm_evals_cli_with_a_system_instruction_and_few_shot_turns_reaches_each_
         sys.executable, "-m", "mixens.lm_eval_cli", "run", "--model", "mixens",
         "--model_args", f"models={'|'.join(folders)},strategy=mixture,device=cpu",
         "--tasks", "gsm8k", "--num_fewshot", "2", "--limit", "2", "--gen_kwargs", "max_gen_toks=4",
+        "--batch_size", "auto", "--max_batch_size", "4",
         "--apply_chat_template", "--system_instruction", "Answer with a number.", "--fewshot_as_multiturn",
         "--log_samples", "--output_path", str(tmp_path / "out"),
     ]  # fmt: skip
@@ -473,6 +474,29 @@ def test_lm_evals_cli_with_a_system_instruction_and_few_shot_turns_reaches_each_
     (results,) = (tmp_path / "out").rglob("results_*.json")
     settings = json.loads(results.read_text())
     assert settings["fewshot_as_multiturn"] and settings["system_instruction"] == "Answer with a number."
+    assert settings["config"]["batch_sizes"] == [4]  # tiny models: the start of the search fits
+
+
+def test_batch_size_auto_takes_the_largest_batch_that_fits(tiny_models, monkeypatch):
+    """As lm-eval's HF model: start high, and on an out-of-memory error try smaller, here with a model that
+    runs out of memory above 20 sequences of its full length."""
+    ensemble = mixens.load_ensemble([spec(tiny_models[n], n) for n in ("bpe_a", "sp_c")], "mixture")
+    base = ensemble.members[1].model.base_model
+    seen = []
+
+    def forward(input_ids=None, **kwargs):
+        seen.append(tuple(input_ids.shape))
+        if input_ids.shape[0] > 20:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return type(base).forward(base, input_ids=input_ids, **kwargs)
+
+    monkeypatch.setattr(base, "forward", forward)
+    lm = EnsembleLM(ensemble=ensemble, batch_size="auto")
+    assert 20 * 0.9 - 1 < lm.batch_size <= 20 and seen[0][0] == 64  # within one step of the limit, from 64 down
+    assert {length for _, length in seen} == {lm.encoders[1].max_length}  # full-length sequences
+    assert EnsembleLM(ensemble=ensemble, batch_size="auto:4", max_batch_size=8).batch_size == 8
+    with pytest.raises(ConfigError, match="max_batch_size must be a positive integer"):
+        EnsembleLM(ensemble=ensemble, batch_size="auto", max_batch_size=0)
 
 
 def test_create_from_arg_string_builds_a_working_ensemble(tiny_models):
