@@ -221,6 +221,9 @@ class Decoder:
     def done(self) -> bool:
         return all(self.transcript.done)
 
+    def finished_rows(self) -> int:
+        return sum(self.transcript.done)
+
     def texts(self) -> list[str]:
         return self.transcript.texts()
 

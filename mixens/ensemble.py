@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+import logging
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -18,6 +19,8 @@ from mixens.spec import ModelSpec, normalized_weights, validate_members
 from mixens.strategies import Strategy, build_strategy
 from mixens.token_record import TokenRecord, TokenRecorder
 from mixens.vocab import build_alignment
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -121,13 +124,12 @@ class Ensemble:
             chunk = slice(start, start + size)
             recorder = TokenRecorder(self, len(prompts[chunk])) if return_tokens else None
             batch_texts, batch_stats = self.decode(
-                prompts[chunk], stops[chunk], sampling, max_new_tokens, seed, batch_index, recorder
+                prompts[chunk], stops[chunk], sampling, max_new_tokens, seed, batch_index, recorder, bar.update
             )
             texts.extend(batch_texts)
             if recorder is not None:
                 tokens.extend(recorder.records)
             stats.add(batch_stats)
-            bar.update(len(batch_texts))
         bar.close()
         return GenerationResult(texts, stats, tokens)
 
@@ -140,18 +142,26 @@ class Ensemble:
         seed: int,
         batch_index: int = 0,
         recorder: TokenRecorder | None = None,
+        finished: Callable[[int], object] | None = None,
     ) -> tuple[list[str], GenerationStats]:
-        """One prepared batch, generated as it is given (no checks, no batching): for callers that did both."""
+        """One prepared batch, generated as it is given (no checks, no batching): for callers that did both.
+        `finished(n)` is told as rows finish (a progress bar's update), so progress shows within a batch."""
         decoder = Decoder(self, prompts, until, sampling, seed, batch_index, room=max_new_tokens)
         rng = torch.Generator(device=decoder.home).manual_seed(stream_seed(seed, SAMPLING_STREAM, batch_index))
+        told = 0
         for _ in range(max_new_tokens):
             step = decoder.step()
             picked = pick(step.dist, sampling, rng)
             if recorder is not None:
                 recorder.add(step, picked)
             decoder.append(picked.tolist())
+            if finished is not None and (now := decoder.finished_rows()) > told:
+                finished(now - told)
+                told = now
             if decoder.done:
                 break
+        if finished is not None and told < len(prompts):  # rows that ran to max_new_tokens
+            finished(len(prompts) - told)
         return decoder.texts(), decoder.stats
 
 
@@ -223,7 +233,17 @@ def load_validated(
     members = [
         in_memory_member(spec, *given[i]) if i in given else load_member(spec, i) for i, spec in enumerate(specs)
     ]
-    return Ensemble(members, strategy, batch_size=batch_size)
+    ensemble = Ensemble(members, strategy, batch_size=batch_size)
+    vocab = ensemble.vocab
+    log.info(
+        "%s with weights %s; %s",
+        strategy.name,
+        dict(zip((m.name for m in members), (round(w, 4) for w in ensemble.weights))),
+        f"one shared vocabulary of {vocab.size} tokens, mixed id by id"
+        if vocab.shared
+        else f"different tokenizers, mixed in a union of {vocab.size} token strings",
+    )
+    return ensemble
 
 
 def _in_memory(raw) -> bool:

@@ -276,14 +276,17 @@ class EnsembleLM(LM):
             entry = RequestJournal.key("generate_until", seed, key, prompts)
             chunk_texts = self.journal.get(entry, len(chunk)) if self.journal is not None else None
             if chunk_texts is None:
-                chunk_texts, stats = self.ensemble.decode(prompts, [until] * len(chunk), sampling, max_new_tokens, seed)
+                chunk_texts, stats = self.ensemble.decode(
+                    prompts, [until] * len(chunk), sampling, max_new_tokens, seed, finished=bar.update
+                )
                 self.speed_stats.add(stats)
                 if self.journal is not None:
                     self.journal.put(entry, chunk_texts)
+            else:
+                bar.update(len(chunk))
             for request, text in zip(chunk, chunk_texts):
                 self.cache_hook.add_partial("generate_until", request, text)
             texts.extend(chunk_texts)
-            bar.update(len(chunk))
         bar.close()
         return batches.get_original(texts)
 

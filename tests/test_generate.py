@@ -228,3 +228,16 @@ def test_with_different_tokenizers_the_recorded_ids_are_the_union_vocabularys(ti
     surfaces = [ensemble.vocab.surfaces[i] for i in record.ids if i != ensemble.vocab.EOS]
     assert b"".join(surfaces).decode("utf-8", errors="replace").startswith(result.texts[0])
     assert all(len(used) == 1 for used in record.members) and all(lp <= 0 for lp in record.logprobs)
+
+
+def test_progress_moves_as_rows_finish_within_a_batch(tiny_models):
+    from mixens.sampling import Sampling
+
+    ensemble = mixens.load_ensemble([spec(tiny_models[n], n) for n in ("bpe_a", "sp_c")], "mixture")
+    told = []
+    prompts = ["The capital of France is", "Hi"]
+    texts, _ = ensemble.decode(
+        prompts, [tuple("abcdefghijklmnopqrstuvwxyz "), ()], Sampling(do_sample=False), 12, seed=0, finished=told.append
+    )
+    assert len(texts[0]) < 3  # the first row stops at its first letter or space, the second runs to 12 tokens
+    assert told == [1, 1]  # the first row as it stopped, the second at the end: not both at the end
