@@ -112,7 +112,9 @@ def evaluate(cfg: DictConfig, out_dir: Path, plan: RunPlan) -> dict:
         if cfg.compare:
             print(f"mixens: evaluating {label}", file=sys.stderr)
         journal = open_journal(cfg, out_dir, label)
-        lm = EnsembleLM(ensemble=each, batch_size=cfg.batch_size, seed=cfg.seed, journal=journal)
+        lm = EnsembleLM(
+            ensemble=each, batch_size=cfg.batch_size, seed=cfg.seed, journal=journal, record_tokens=bench.log_tokens
+        )
         lm_eval_files = EvaluationTracker(output_path=str(out_dir / LM_EVAL_FOLDER))
         with reading_from(mirror), contextlib.closing(journal):
             results = lm_eval.simple_evaluate(
@@ -177,7 +179,14 @@ def record_run(cfg: DictConfig, out_dir: Path, evaluations: list, seconds: float
     printed, and the error says where the writing failed."""
     from mixens.comparison import comparison_rows
     from mixens.members import describe
-    from mixens.results_files import git_commit, metrics_by_task, versions, write_results, write_samples
+    from mixens.results_files import (
+        git_commit,
+        metrics_by_task,
+        versions,
+        write_results,
+        write_samples,
+        write_token_records,
+    )
 
     _, results, lm = evaluations[-1]
     record = {
@@ -204,9 +213,11 @@ def record_run(cfg: DictConfig, out_dir: Path, evaluations: list, seconds: float
             [(label, r, m.speed_stats.as_dict()) for label, r, m in evaluations], tasks
         )
     try:
-        for label, compared, _ in evaluations[:-1]:
+        for label, compared, compared_lm in evaluations[:-1]:
             write_samples(out_dir / "compare" / label, compared.get("samples") or {})
+            write_token_records(out_dir / "compare" / label, compared_lm.token_records)
         record["samples"] = write_samples(out_dir, results.get("samples") or {})
+        record["tokens"] = write_token_records(out_dir, lm.token_records)
     except OSError as err:
         record["samples_error"] = f"{type(err).__name__}: {err}"
         print(f"mixens: the per-problem outputs could not be written ({err}); the metrics are kept.", file=sys.stderr)

@@ -49,6 +49,8 @@ class BenchmarkConfig:
     # template (few-shot completion prompts, which instruct models answer in sentences inside a chat turn)
     member_chat_templates: bool = True
     log_samples: bool = True
+    # tokens_<task>.jsonl: each generated token's id, text, log-probability and the members it came from
+    log_tokens: bool = False
     # lm-eval's standard errors: closed form for means, this many bootstrap resamples for other metrics
     # (lm-eval's default; 0 turns standard errors off)
     bootstrap_iters: int = 100000

@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
+from dataclasses import asdict
 
 import lm_eval.models  # noqa: F401  lm-eval's own models first: registering before this hides "hf"
 import numpy as np
@@ -54,6 +55,7 @@ from mixens.likelihood import MemberEncoder, count_pieces, mixture_scores
 from mixens.members import Member, describe
 from mixens.sampling import Sampling, check_decoding_budget
 from mixens.spec import validate_device
+from mixens.token_record import TokenRecorder
 
 log = logging.getLogger(__name__)
 
@@ -85,11 +87,13 @@ class EnsembleLM(LM):
         max_gen_toks: int = 256,
         max_length: int | None = None,
         journal: RequestJournal | None = None,
+        record_tokens: bool = False,
         **strategy_options,
     ):
         """An ensemble already loaded, or what to load: `models` and the per-member settings, `strategy`
         (default mixture) and that strategy's own options by name (checked by the strategy). With a `journal`,
-        finished batches are kept there and taken from there when the job runs again."""
+        finished batches are kept there and taken from there when the job runs again. With `record_tokens`,
+        each generation's tokens (mixens.token_record) are kept in `token_records[task][doc_id]`."""
         super().__init__()
         batch_size = _batch_size(batch_size)
         auto = batch_size == AUTO
@@ -116,6 +120,8 @@ class EnsembleLM(LM):
         self._max_length = max_length
         self.speed_stats = GenerationStats()
         self.journal = journal
+        self.record_tokens = record_tokens
+        self.token_records: dict[str, dict[int, list[dict]]] = {}  # TokenRecord fields, as JSON writes them
         self._device = ensemble.members[0].device
         lengths = [self._member_max_length(m) for m in ensemble.members]
         if ensemble.shared_vocabulary:  # one window size, so that every member scores the same tokens
@@ -262,7 +268,7 @@ class EnsembleLM(LM):
         for _, kwargs in args:
             if (key := _kwargs_key(kwargs)) not in settings:
                 settings[key] = self._generation_settings(kwargs)
-        texts = []
+        texts, records = [], []
         bar = tqdm(total=len(args), desc="mixens generate_until", disable=disable_tqdm)
         group_index, batch_index, previous = -1, 0, None
         for chunk in batches.get_batched(n=self.batch_size):
@@ -273,21 +279,33 @@ class EnsembleLM(LM):
             prompts = [prompt for prompt, _ in chunk]
             # one seed per batch of each group: the random streams of every batch are independent
             seed = _batch_seed(self.seed, group_index, batch_index)
-            entry = RequestJournal.key("generate_until", seed, key, prompts)
-            chunk_texts = self.journal.get(entry, len(chunk)) if self.journal is not None else None
-            if chunk_texts is None:
+            entry = RequestJournal.key("generate_until", seed, key, prompts, self.record_tokens)
+            done = self.journal.get(entry, len(chunk)) if self.journal is not None else None
+            if done is None:
+                recorder = TokenRecorder(self.ensemble, len(chunk)) if self.record_tokens else None
                 chunk_texts, stats = self.ensemble.decode(
-                    prompts, [until] * len(chunk), sampling, max_new_tokens, seed, finished=bar.update
+                    prompts,
+                    [until] * len(chunk),
+                    sampling,
+                    max_new_tokens,
+                    seed,
+                    recorder=recorder,
+                    finished=bar.update,
                 )
                 self.speed_stats.add(stats)
+                done = {"texts": chunk_texts, "tokens": [asdict(r) for r in recorder.records] if recorder else None}
                 if self.journal is not None:
-                    self.journal.put(entry, chunk_texts)
+                    self.journal.put(entry, done)
             else:
                 bar.update(len(chunk))
-            for request, text in zip(chunk, chunk_texts):
+            for request, text in zip(chunk, done["texts"]):
                 self.cache_hook.add_partial("generate_until", request, text)
-            texts.extend(chunk_texts)
+            texts.extend(done["texts"])
+            records.extend(done["tokens"] or [])
         bar.close()
+        if self.record_tokens:  # back in the requests' order, filed by task and document
+            for request, record in zip(requests, batches.get_original(records)):
+                self.token_records.setdefault(request.task_name, {}).setdefault(request.doc_id, []).append(record)
         return batches.get_original(texts)
 
     def _generation_settings(self, gen_kwargs: dict) -> tuple[Sampling, int, tuple[str, ...]]:

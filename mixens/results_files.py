@@ -57,6 +57,17 @@ def write_samples(folder: Path, samples: dict[str, list]) -> dict[str, str]:
     return written
 
 
+def write_token_records(folder: Path, records: dict[str, dict[int, list[dict]]]) -> dict[str, str]:
+    """tokens_<task>.jsonl: per document, the tokens of each of its generations (mixens.token_record)."""
+    written = {}
+    for task, by_doc in records.items():
+        name = f"tokens_{task}.jsonl"
+        rows = ({"doc_id": doc_id, "generations": generations} for doc_id, generations in sorted(by_doc.items()))
+        write_atomic(folder / name, "".join(json.dumps(row) + "\n" for row in rows))
+        written[task] = name
+    return written
+
+
 def write_results(folder: Path, record: dict) -> Path:
     path = folder / "results.json"
     write_atomic(path, json.dumps(record, indent=2, default=str) + "\n")

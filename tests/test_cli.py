@@ -204,8 +204,9 @@ def test_a_run_writes_lm_evals_own_files_that_lm_evals_readers_load(tiny_models,
     from lm_eval.utils import get_latest_filename, get_results_filenames, get_sample_results_filenames, make_table
 
     done = run_cli(
-        tmp_path, *tiny_overrides(tiny_models), "benchmark=gsm8k_paper", "benchmark.limit=3", "benchmark.max_gen_toks=8"
-    )
+        tmp_path, *tiny_overrides(tiny_models), "benchmark=gsm8k_paper", "benchmark.limit=3", "benchmark.max_gen_toks=8",
+        "benchmark.log_tokens=true",
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     files = [str(p) for p in (tmp_path / "run" / "lm_eval").rglob("*.json*")]
     latest = Path(get_latest_filename(get_results_filenames(files)))
@@ -221,6 +222,21 @@ def test_a_run_writes_lm_evals_own_files_that_lm_evals_readers_load(tiny_models,
     assert rows.num_rows == 3 and set(rows.column_names) >= {"doc_id", "resps", "filtered_resps", "exact_match"}
     record = json.loads((tmp_path / "run" / "results.json").read_text())
     assert record["lm_eval"]["results"]["gsm8k_paper"] == scores  # the same numbers in mixens' own record
+
+    # benchmark.log_tokens: which member wrote each token of each answer, with its log-probability
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models["bpe_a"])  # bpe_a and bpe_b share it
+    outputs = {row["doc_id"]: row["resps"][0][0] for row in rows}
+    tokens = [
+        json.loads(line) for line in (tmp_path / "run" / record["tokens"]["gsm8k_paper"]).read_text().splitlines()
+    ]
+    assert sorted(row["doc_id"] for row in tokens) == [0, 1, 2]
+    for row in tokens:
+        (generation,) = row["generations"]
+        assert tokenizer.decode(generation["ids"], skip_special_tokens=True).startswith(outputs[row["doc_id"]])
+        assert {tuple(m) for m in generation["members"]} <= {("bpe_a",), ("bpe_b",)}  # one member per token
+        assert all(lp <= 0 for lp in generation["logprobs"]) and len(generation["ids"]) <= 8
 
 
 def test_multirun_of_two_strategies_and_two_seeds_writes_four_results_and_four_wandb_runs(tiny_models, tmp_path):
@@ -577,7 +593,9 @@ def test_a_disk_that_fails_at_the_end_loses_only_what_it_cannot_hold(tmp_path, m
         "versions": {"gsm8k_paper": 1},
         "samples": {"gsm8k_paper": [{"doc": 1}]},
     }
-    lm = SimpleNamespace(speed_stats=GenerationStats(), ensemble=SimpleNamespace(members=[], weights=()), journal=None)
+    lm = SimpleNamespace(
+        speed_stats=GenerationStats(), ensemble=SimpleNamespace(members=[], weights=()), journal=None, token_records={}
+    )
     full = OSError(errno.ENOSPC, "No space left on device")
 
     def no_room(*args, **kwargs):
