@@ -72,6 +72,16 @@ def test_same_seed_same_texts_other_seed_other_texts(ensembles, vocab, strategy)
     assert first != other
 
 
+@pytest.mark.parametrize("strategy", ["mixture", "averaging"])
+def test_the_batch_size_is_part_of_what_fixes_the_texts(ensembles, strategy):
+    """As the README says: each batch has its own random streams, so another batch size gives other texts
+    for the same seed (and the same batch size the same texts)."""
+    ensemble = ensembles["shared"][strategy]
+    alone = ensemble.generate(PROMPTS, max_new_tokens=16, seed=3, batch_size=1).texts
+    assert alone == ensemble.generate(PROMPTS, max_new_tokens=16, seed=3, batch_size=1).texts
+    assert alone != ensemble.generate(PROMPTS, max_new_tokens=16, seed=3, batch_size=len(PROMPTS)).texts
+
+
 @pytest.mark.parametrize("vocab", ["shared", "different"])
 def test_forward_passes_per_step(ensembles, vocab):
     mixture = ensembles[vocab]["mixture"].generate(PROMPTS, max_new_tokens=12, seed=0, batch_size=4).stats
