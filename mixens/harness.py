@@ -62,6 +62,13 @@ log = logging.getLogger(__name__)
 DEFAULT_BATCH_SIZE = 8
 DEFAULT_MAX_LENGTH = 2048  # lm-eval's HF default when neither config nor tokenizer names a length
 MAX_TOKEN_KEYS = ("max_gen_toks", "max_new_tokens", "max_tokens", "max_completion_tokens")  # lm-eval's priority
+# lm-eval's hf model's own arguments that the mixens model does not take (a clear error, not an unknown option)
+HF_MODEL_ARGS = ("backend", "subfolder", "tokenizer", "truncation", "logits_cache", "softmax_dtype",
+                 "mixed_precision_dtype", "use_fast_tokenizer", "add_bos_token", "prefix_token_id", "parallelize",
+                 "max_memory_per_gpu", "max_cpu_memory", "offload_folder", "tp_plan", "peft", "delta", "autogptq",
+                 "gptqmodel", "gguf_file", "think_end_token", "enable_thinking", "chat_template_args")  # fmt: skip
+MIXENS_MODEL_ARGS = ("models", "weights", "names", "dtype", "device", "revision", "chat_template", "trust_remote_code",
+                     "strategy", "batch_size", "max_batch_size", "seed", "max_gen_toks", "max_length")  # fmt: skip
 SCORE_SLICE = 512  # likelihood requests scored (and journaled) together: a few minutes of work at most
 GEN_KWARGS = ("until", *MAX_TOKEN_KEYS, "do_sample", "temperature", "top_k", "top_p")
 
@@ -95,6 +102,16 @@ class EnsembleLM(LM):
         finished batches are kept there and taken from there when the job runs again. With `record_tokens`,
         each generation's tokens (mixens.token_record) are kept in `token_records[task][doc_id]`."""
         super().__init__()
+        if "pretrained" in strategy_options:  # lm-eval's hf model names its model so: the same as models
+            if models is not None:
+                raise ConfigError("give the members as models=a|b (or pretrained=a|b), not both.")
+            models = strategy_options.pop("pretrained")
+        if hf_only := sorted(set(strategy_options) & set(HF_MODEL_ARGS)):
+            raise ConfigError(
+                f"{hf_only} are options of lm-eval's hf model that the mixens model does not take; it takes "
+                f"{list(MIXENS_MODEL_ARGS)} and its strategy's options (a model quantised, sharded or with adapters "
+                "can join from Python as a loaded model: mixens.load_ensemble([{'name', 'model', 'tokenizer'}])."
+            )
         batch_size = _batch_size(batch_size)
         auto = batch_size == AUTO
         batch_size = None if auto else batch_size

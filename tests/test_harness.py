@@ -519,6 +519,10 @@ def test_create_from_arg_string_builds_a_working_ensemble(tiny_models):
 def test_bad_arguments_get_one_clear_sentence(tiny_models, singles):
     with pytest.raises(ConfigError, match="temprature"):
         EnsembleLM.create_from_arg_string(f"models={tiny_models['bpe_a']},temprature=1")
+    with pytest.raises(ConfigError, match=r"\['parallelize', 'peft'\] are options of lm-eval's hf model"):
+        EnsembleLM.create_from_arg_string(f"models={tiny_models['bpe_a']},parallelize=True,peft=./adapter")
+    lm = EnsembleLM.create_from_arg_string(f"pretrained={tiny_models['bpe_a']},device=cpu")  # lm-eval's name for it
+    assert [m.name for m in lm.members] == ["bpe_a"]
     with pytest.raises(ConfigError, match="weights has 3 values for 2 models"):
         EnsembleLM.create_from_arg_string(f"models={tiny_models['bpe_a']}|{tiny_models['bpe_b']},weights=1|2|3")
     request = Instance("generate_until", {}, ("Hi", {"max_gen_toks": 2, "repetition_penalty": 1.2}), 0)
