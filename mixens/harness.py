@@ -47,6 +47,7 @@ from tqdm.auto import tqdm
 
 from mixens.batch_size import MAX_BATCH_SIZE, largest_fitting_batch
 from mixens.chat import chat_prompt
+from mixens.data_parallel import Replicas
 from mixens.decoding import GenerationStats
 from mixens.ensemble import Ensemble, load_ensemble
 from mixens.errors import ConfigError
@@ -117,8 +118,12 @@ class EnsembleLM(LM):
         batch_size = None if auto else batch_size
         per_member = {"weights": weights, "names": names, "dtype": dtype, "device": device, "revision": revision,
                       "chat_template": chat_template, "trust_remote_code": trust_remote_code}  # fmt: skip
+        self.replicas = Replicas.from_environment()  # torchrun / accelerate launch: one replica per process
         if ensemble is None:
             specs = _member_specs(models, **per_member)
+            for spec in specs:
+                if device := self.replicas.device_for(spec.get("device")):
+                    spec["device"] = device
             ensemble = load_ensemble(
                 specs, strategy or "mixture", batch_size=batch_size or DEFAULT_BATCH_SIZE, **strategy_options
             )
@@ -204,11 +209,20 @@ class EnsembleLM(LM):
 
     @property
     def rank(self) -> int:
-        return 0
+        return self.replicas.rank
 
     @property
     def world_size(self) -> int:
-        return 1
+        return self.replicas.world_size
+
+    def all_gather(self, tensor):
+        return self.replicas.all_gather(tensor)
+
+    def gather_object(self, obj, dst: int = 0):
+        return self.replicas.gather_object(obj, dst)
+
+    def barrier(self) -> None:
+        self.replicas.barrier()
 
     @property
     def output_name(self) -> str:
@@ -295,7 +309,7 @@ class EnsembleLM(LM):
             sampling, max_new_tokens, until = settings[key]
             prompts = [prompt for prompt, _ in chunk]
             # one seed per batch of each group: the random streams of every batch are independent
-            seed = _batch_seed(self.seed, group_index, batch_index)
+            seed = _batch_seed(self.seed, group_index, batch_index, self.replicas)
             entry = RequestJournal.key("generate_until", seed, key, prompts, self.record_tokens)
             done = self.journal.get(entry, len(chunk)) if self.journal is not None else None
             if done is None:
@@ -514,5 +528,7 @@ def _kwargs_key(gen_kwargs) -> str:
     return json.dumps(gen_kwargs, sort_keys=True, default=str)
 
 
-def _batch_seed(seed: int, group: int, batch: int) -> int:
-    return int(np.random.SeedSequence([seed, group, batch]).generate_state(1)[0])
+def _batch_seed(seed: int, group: int, batch: int, replicas: Replicas) -> int:
+    """Independent streams for every batch, and for every replica when several share the documents."""
+    entropy = [seed, group, batch] + ([replicas.rank] if replicas.world_size > 1 else [])
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])

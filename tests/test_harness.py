@@ -499,6 +499,43 @@ def test_batch_size_auto_takes_the_largest_batch_that_fits(tiny_models, monkeypa
         EnsembleLM(ensemble=ensemble, batch_size="auto", max_batch_size=0)
 
 
+def test_two_data_parallel_processes_give_the_results_of_one_each_evaluating_its_share(tiny_models, tmp_path):
+    """torchrun with 2 processes (gloo on a CPU): lm-eval gives each replica half the documents and gathers
+    the results; with greedy averaging and likelihood scoring they equal those of one process exactly."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    models = f"{tiny_models['bpe_a']}|{tiny_models['sp_c']}"
+    evaluation = [
+        "-m", "mixens.lm_eval_cli", "run", "--model", "mixens",
+        "--model_args", f"models={models},device=cpu,strategy=averaging",
+        "--tasks", "gsm8k_paper,arc_challenge", "--limit", "4", "--gen_kwargs", "max_gen_toks=6,do_sample=false",
+        "--log_samples",
+    ]  # fmt: skip
+    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
+    runs = {}
+    for label, command in (("one", [sys.executable]), ("two", launch)):
+        out = tmp_path / label
+        done = subprocess.run([*command, *evaluation, "--output_path", str(out)], cwd=HUB_FIXTURE, env=env,
+                              capture_output=True, text=True, timeout=600)  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+        (results,) = out.rglob("results_*.json")
+        samples = {}
+        for path in out.rglob("samples_*.jsonl"):
+            for line in path.read_text().splitlines():
+                row = json.loads(line)
+                samples[path.name.split("_20")[0], row["doc_id"], row["filter"]] = row["resps"]
+        runs[label] = (json.loads(results.read_text())["results"], samples, done.stderr)
+    assert runs["two"][:2] == runs["one"][:2]  # every metric and every output
+    assert len(runs["one"][1]) == 4 + 4  # 4 documents of each task
+    # each replica generated for 2 of the 4 documents; one process alone for all 4
+    assert runs["two"][2].count("mixens generate_until: 100%|██████████| 2/2") == 2
+    assert "mixens generate_until: 100%|██████████| 4/4" in runs["one"][2]
+
+
 def test_create_from_arg_string_builds_a_working_ensemble(tiny_models):
     args = (
         f"models={tiny_models['bpe_a']}|{tiny_models['bpe_b']},weights=0.6|0.4,names=x|y,"
