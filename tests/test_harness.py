@@ -428,13 +428,17 @@ def test_lm_evals_own_cli_runs_the_mixens_model(tiny_models, tmp_path):
     args = [
         sys.executable, "-m", "mixens.lm_eval_cli", "run", "--model", "mixens",
         "--model_args", f"models={models},weights=0.6|0.4,strategy=mixture,device=cpu",
-        "--tasks", "gsm8k_paper", "--limit", "2",
-        "--gen_kwargs", "max_gen_toks=6", "--output_path", str(tmp_path / "out"),
+        "--tasks", "gsm8k_paper", "--limit", "2", "--use_cache", str(tmp_path / "cache" / "requests"),
+        "--gen_kwargs", "max_gen_toks=6,do_sample=false", "--output_path", str(tmp_path / "out"),
     ]  # fmt: skip
     env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
     done = subprocess.run(args, cwd=HUB_FIXTURE, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    (written,) = (tmp_path / "out").rglob("results_*.json")
+    assert "Cached requests: 0, Requests remaining: 2" in done.stderr
+    again = subprocess.run(args, cwd=HUB_FIXTURE, env=env, capture_output=True, text=True, timeout=600)
+    assert "Cached requests: 2, Requests remaining: 0" in again.stderr  # the rerun comes from the cache
+    assert "mixens generate_until" not in again.stderr
+    (written, _) = sorted((tmp_path / "out").rglob("results_*.json"))
     assert written.parent.name == "mixens-mixture-bpe_a+sp_c"  # named for the ensemble, not a random id
     results = json.loads(written.read_text())
     assert results["config"]["model"] == "mixens"
@@ -499,9 +503,10 @@ def test_batch_size_auto_takes_the_largest_batch_that_fits(tiny_models, monkeypa
         EnsembleLM(ensemble=ensemble, batch_size="auto", max_batch_size=0)
 
 
-def test_two_data_parallel_processes_give_the_results_of_one_each_evaluating_its_share(tiny_models, tmp_path):
-    """torchrun with 2 processes (gloo on a CPU): lm-eval gives each replica half the documents and gathers
-    the results; with greedy averaging and likelihood scoring they equal those of one process exactly."""
+def test_two_data_parallel_replicas_give_the_results_of_one_each_evaluating_its_share(tiny_models, tmp_path):
+    """2 replicas, started by torchrun and as Ray actors on a local Ray cluster (gloo on a CPU): lm-eval gives
+    each half the documents and gathers the results; with greedy averaging and likelihood scoring they equal
+    those of one process exactly."""
     import socket
 
     with socket.socket() as probe:
@@ -515,11 +520,12 @@ def test_two_data_parallel_processes_give_the_results_of_one_each_evaluating_its
         "--log_samples",
     ]  # fmt: skip
     env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
+    ray = [sys.executable, "-m", "mixens.ray_eval", "--replicas", "2", "--", *evaluation[2:]]
     runs = {}
-    for label, command in (("one", [sys.executable]), ("two", launch)):
+    for label, command in (("one", [sys.executable, *evaluation]), ("two", [*torchrun, *evaluation]), ("ray", ray)):
         out = tmp_path / label
-        done = subprocess.run([*command, *evaluation, "--output_path", str(out)], cwd=HUB_FIXTURE, env=env,
+        done = subprocess.run([*command, "--output_path", str(out)], cwd=HUB_FIXTURE, env=env,
                               capture_output=True, text=True, timeout=600)  # fmt: skip
         assert done.returncode == 0, done.stderr[-3000:]
         (results,) = out.rglob("results_*.json")
@@ -529,11 +535,12 @@ def test_two_data_parallel_processes_give_the_results_of_one_each_evaluating_its
                 row = json.loads(line)
                 samples[path.name.split("_20")[0], row["doc_id"], row["filter"]] = row["resps"]
         runs[label] = (json.loads(results.read_text())["results"], samples, done.stderr)
-    assert runs["two"][:2] == runs["one"][:2]  # every metric and every output
+    assert runs["two"][:2] == runs["one"][:2] == runs["ray"][:2]  # every metric and every output
     assert len(runs["one"][1]) == 4 + 4  # 4 documents of each task
     # each replica generated for 2 of the 4 documents; one process alone for all 4
     assert runs["two"][2].count("mixens generate_until: 100%|██████████| 2/2") == 2
     assert "mixens generate_until: 100%|██████████| 4/4" in runs["one"][2]
+    assert "Building contexts for gsm8k_paper on rank 1" in runs["ray"][2]  # a second Ray actor took rank 1
 
 
 def test_create_from_arg_string_builds_a_working_ensemble(tiny_models):
