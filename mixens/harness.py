@@ -14,7 +14,7 @@ From lm-eval's CLI (mixens.lm_eval_cli: lm-eval's own, with this model registere
 model_args: lm-eval splits them at ',' and '='; a list is written with '|':
   models             required: one path per member (hub id, local folder or packaged:<name>)
   weights, names     one per member (default: equal weights; the last path component)
-  dtype, device, revision, chat_template, trust_remote_code
+  dtype, device, device_map, revision, chat_template, trust_remote_code
                      one value for every member, or one per member ('|'); chat_template=true makes a
                      member wrap each prompt in its own tokenizer's chat template
   strategy           mixture | averaging | averaging_topk_union | single | router (default mixture)
@@ -68,7 +68,7 @@ HF_MODEL_ARGS = ("backend", "subfolder", "tokenizer", "truncation", "logits_cach
                  "mixed_precision_dtype", "use_fast_tokenizer", "add_bos_token", "prefix_token_id", "parallelize",
                  "max_memory_per_gpu", "max_cpu_memory", "offload_folder", "tp_plan", "peft", "delta", "autogptq",
                  "gptqmodel", "gguf_file", "think_end_token", "enable_thinking", "chat_template_args")  # fmt: skip
-MIXENS_MODEL_ARGS = ("models", "weights", "names", "dtype", "device", "revision", "chat_template", "trust_remote_code",
+MIXENS_MODEL_ARGS = ("models", "weights", "names", "dtype", "device", "device_map", "revision", "chat_template", "trust_remote_code",
                      "strategy", "batch_size", "max_batch_size", "seed", "max_gen_toks", "max_length")  # fmt: skip
 SCORE_SLICE = 512  # likelihood requests scored (and journaled) together: a few minutes of work at most
 GEN_KWARGS = ("until", *MAX_TOKEN_KEYS, "do_sample", "temperature", "top_k", "top_p")
@@ -85,6 +85,7 @@ class EnsembleLM(LM):
         names=None,
         dtype=None,
         device=None,
+        device_map=None,
         revision=None,
         chat_template=None,
         trust_remote_code=None,
@@ -116,13 +117,14 @@ class EnsembleLM(LM):
         batch_size = _batch_size(batch_size)
         auto = batch_size == AUTO
         batch_size = None if auto else batch_size
-        per_member = {"weights": weights, "names": names, "dtype": dtype, "device": device, "revision": revision,
-                      "chat_template": chat_template, "trust_remote_code": trust_remote_code}  # fmt: skip
+        per_member = {"weights": weights, "names": names, "dtype": dtype, "device": device, "device_map": device_map,
+                      "revision": revision, "chat_template": chat_template,
+                      "trust_remote_code": trust_remote_code}  # fmt: skip
         self.replicas = Replicas.from_environment()  # torchrun / accelerate launch: one replica per process
         if ensemble is None:
             specs = _member_specs(models, **per_member)
             for spec in specs:
-                if device := self.replicas.device_for(spec.get("device")):
+                if "device_map" not in spec and (device := self.replicas.device_for(spec.get("device"))):
                     spec["device"] = device
             ensemble = load_ensemble(
                 specs, strategy or "mixture", batch_size=batch_size or DEFAULT_BATCH_SIZE, **strategy_options
@@ -427,7 +429,9 @@ class EnsembleLM(LM):
 # ---------------------------------------------------------------------- model_args
 
 
-def _member_specs(models, *, weights, names, dtype, device, revision, chat_template, trust_remote_code) -> list[dict]:
+def _member_specs(
+    models, *, weights, names, dtype, device, device_map, revision, chat_template, trust_remote_code
+) -> list[dict]:
     paths = _items(models)
     if not paths:
         raise ConfigError("models is missing: give model paths separated by '|', e.g. models=org/a|./b.")
@@ -437,6 +441,7 @@ def _member_specs(models, *, weights, names, dtype, device, revision, chat_templ
         "name": _per_member(names, count, "names", str),
         "dtype": _per_member(dtype, count, "dtype", str),
         "device": _per_member(device, count, "device", str),
+        "device_map": _per_member(device_map, count, "device_map", str),
         "revision": _per_member(revision, count, "revision", str),
         "chat_template": _per_member(chat_template, count, "chat_template", _template_flag),
         "trust_remote_code": _per_member(trust_remote_code, count, "trust_remote_code", _bool),

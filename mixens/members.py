@@ -122,18 +122,24 @@ def load_member(spec: ModelSpec, index: int) -> Member:
     online_hub = is_hub_id(spec.path) and not hub_offline()
     try:
         _check_remote_code(source, spec, index, **hub)
-        log.info("loading %s from %s (%s, %s)", spec.name, source, dtype, device)
+        where = f"device_map={spec.device_map}" if spec.device_map is not None else device
+        log.info("loading %s from %s (%s, %s)", spec.name, source, dtype, where)
         tokenizer = AutoTokenizer.from_pretrained(
             source, revision=spec.revision, trust_remote_code=spec.trust_remote_code, **hub
         )
+        placed = {"device_map": spec.device_map} if spec.device_map is not None else {}
         model = AutoModelForCausalLM.from_pretrained(
-            source, revision=spec.revision, dtype=dtype, trust_remote_code=spec.trust_remote_code, **hub
+            source, revision=spec.revision, dtype=dtype, trust_remote_code=spec.trust_remote_code, **hub, **placed
         )
     except Exception as err:
         if online_hub and is_network_failure(err):  # the hub stopped answering after the probe
             raise hub_unreachable(spec, index, err) from err
         raise
-    model.to(device).eval()
+    if spec.device_map is None:
+        model.to(device)
+    else:  # placed across devices by transformers: inputs go where its embeddings are
+        device = model.get_input_embeddings().weight.device
+    model.eval()
     return Member(spec, model, tokenizer, device, frozenset(eos_token_ids(model, tokenizer)))
 
 

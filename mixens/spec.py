@@ -27,6 +27,9 @@ class ModelSpec:
     weight: float = 1.0
     dtype: str = "auto"
     device: str = "auto"
+    # A member larger than one device: transformers' device_map ("auto", "balanced", "sequential" or
+    # {module: device}), placing its layers across the visible GPUs (and CPU); replaces `device`.
+    device_map: str | dict | None = None
     revision: str | None = None
     # False: raw prompts; True: the tokenizer's own chat template; a string: that Jinja template.
     chat_template: bool | str = False
@@ -90,6 +93,19 @@ def validate_device(device: str, field_name: str) -> None:
             raise ConfigError(f"{field_name} is 'mps' but MPS is not available here; use 'cpu' or 'auto'.")
         return
     raise ConfigError(f"{field_name} '{device}' is not a device; use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'.")
+
+
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+def validate_device_map(spec: ModelSpec, index: int) -> None:
+    where = f"models[{index}].device_map"
+    if isinstance(spec.device_map, str) and spec.device_map not in DEVICE_MAPS:
+        raise ConfigError(f"{where} '{spec.device_map}' is unknown; use one of {', '.join(DEVICE_MAPS)} or a mapping.")
+    if not isinstance(spec.device_map, (str, dict)):
+        raise ConfigError(f"{where} must be a name or a {{module: device}} mapping, got {spec.device_map!r}.")
+    if spec.device != "auto":
+        raise ConfigError(f"models[{index}] sets both device and device_map; device_map places the model, drop device.")
 
 
 def validate_path(spec: ModelSpec, index: int) -> None:
@@ -168,4 +184,6 @@ def validate_members(specs: Sequence[ModelSpec]) -> None:
         if spec.dtype not in DTYPES:
             raise ConfigError(f"models[{i}].dtype '{spec.dtype}' is unknown; choose one of {', '.join(DTYPES)}.")
         validate_device(spec.device, f"models[{i}].device")
+        if spec.device_map is not None:
+            validate_device_map(spec, i)
         validate_path(spec, i)

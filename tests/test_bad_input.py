@@ -41,6 +41,7 @@ CASES = [
     ("weight not a number", lambda p: ["models.a.weight=heavy"], "weight"),
     ("unknown dtype", lambda p: ["+models.a.dtype=float99"], "dtype"),
     ("missing device", lambda p: ["device=cuda:7"], "device"),
+    ("unknown device map", lambda p: ["+models.a.device_map=everywhere"], "device_map"),
     ("missing model folder", lambda p: ["models.a.path=./no/such/model"], "no/such/model"),
     ("folder without a tokenizer", lambda p: [f"models.a.path={p['no-tokenizer']}"], "tokenizer"),
     ("corrupt weights", lambda p: [f"models.a.path={p['corrupt-weights']}"], "safetensors"),

@@ -251,3 +251,28 @@ def test_progress_moves_as_rows_finish_within_a_batch(tiny_models):
     )
     assert len(texts[0]) < 3  # the first row stops at its first letter or space, the second runs to 12 tokens
     assert told == [1, 1]  # the first row as it stopped, the second at the end: not both at the end
+
+
+def test_a_member_placed_by_device_map_generates_what_it_does_on_one_device(tiny_models, monkeypatch):
+    """device_map (a member larger than one GPU) goes to transformers; on this CPU-only machine 'auto' puts every
+    layer on the CPU, so the texts must be those of device=cpu."""
+    names = ("bpe_a", "sp_c")
+    on_cpu = mixens.load_ensemble([spec(tiny_models[n], n) for n in names], "mixture")
+    asked, load = [], AutoModelForCausalLM.from_pretrained
+
+    def from_pretrained(*args, **kwargs):
+        asked.append(kwargs.get("device_map"))
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", from_pretrained)
+    placed = mixens.load_ensemble(
+        [spec(tiny_models["bpe_a"], "bpe_a"), {"name": "sp_c", "path": tiny_models["sp_c"], "device_map": "auto"}],
+        "mixture",
+    )
+    assert asked == [None, "auto"]  # placed by transformers, not moved by mixens
+    settings = {"max_new_tokens": 10, "top_k": 20, "seed": 1}
+    assert placed.generate(PROMPTS, **settings).texts == on_cpu.generate(PROMPTS, **settings).texts
+    with pytest.raises(mixens.ConfigError, match=r"sets both device and device_map"):
+        mixens.load_ensemble([spec(tiny_models["bpe_a"], "a", device_map="auto")])
+    with pytest.raises(mixens.ConfigError, match=r"device_map 'everywhere' is unknown"):
+        mixens.load_ensemble([{"name": "a", "path": tiny_models["bpe_a"], "device_map": "everywhere"}])

@@ -565,8 +565,8 @@ def test_bad_arguments_get_one_clear_sentence(tiny_models, singles):
         EnsembleLM.create_from_arg_string(f"models={tiny_models['bpe_a']},temprature=1")
     with pytest.raises(ConfigError, match=r"\['parallelize', 'peft'\] are options of lm-eval's hf model"):
         EnsembleLM.create_from_arg_string(f"models={tiny_models['bpe_a']},parallelize=True,peft=./adapter")
-    lm = EnsembleLM.create_from_arg_string(f"pretrained={tiny_models['bpe_a']},device=cpu")  # lm-eval's name for it
-    assert [m.name for m in lm.members] == ["bpe_a"]
+    lm = EnsembleLM.create_from_arg_string(f"pretrained={tiny_models['bpe_a']},device_map=auto")  # lm-eval's name
+    assert [(m.name, m.spec.device_map) for m in lm.members] == [("bpe_a", "auto")]
     with pytest.raises(ConfigError, match="weights has 3 values for 2 models"):
         EnsembleLM.create_from_arg_string(f"models={tiny_models['bpe_a']}|{tiny_models['bpe_b']},weights=1|2|3")
     request = Instance("generate_until", {}, ("Hi", {"max_gen_toks": 2, "repetition_penalty": 1.2}), 0)
