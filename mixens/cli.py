@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import difflib
 import functools
 import json
@@ -407,8 +408,14 @@ def run_job(cfg: DictConfig, out_dir: Path, sweep_dir: Path | None) -> dict:
         import torch
 
         torch.set_num_threads(cfg.threads)
-    with tracker(cfg, config, out_dir, group) as logger:
-        record = evaluate(cfg, out_dir, plan)
+    from mixens.gpu_claim import one_gpu_per_parallel_job
+
+    in_parallel_worker = multiprocessing.parent_process() is not None  # a joblib worker of a sweep
+    with (
+        tracker(cfg, config, out_dir, group) as logger,
+        one_gpu_per_parallel_job(plan.specs, in_parallel_worker) as specs,
+    ):
+        record = evaluate(cfg, out_dir, dataclasses.replace(plan, specs=specs))
         if logger is not None:
             log_and_mark(logger, record, out_dir)
     return record
