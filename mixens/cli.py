@@ -107,15 +107,17 @@ def evaluate(cfg: DictConfig, out_dir: Path, plan: RunPlan) -> dict:
     with reading_from(mirror):
         manager = task_manager_for(tasks)
         check_datasets(tasks, manager, mirror)
-    ensemble = load_validated(plan.specs, plan.strategy, batch_size=cfg.batch_size)
-    evaluations = []
+    # batch_size=auto is found by the lm-eval model below, on the loaded members
+    ensemble = load_validated(plan.specs, plan.strategy, batch_size=1 if cfg.batch_size == "auto" else cfg.batch_size)
+    evaluations, batch_size = [], cfg.batch_size
     for label, each in compared_ensembles(ensemble, list(cfg.compare)):
         if cfg.compare:
             print(f"mixens: evaluating {label}", file=sys.stderr)
         journal = open_journal(cfg, out_dir, label)
         lm = EnsembleLM(
-            ensemble=each, batch_size=cfg.batch_size, seed=cfg.seed, journal=journal, record_tokens=bench.log_tokens
+            ensemble=each, batch_size=batch_size, seed=cfg.seed, journal=journal, record_tokens=bench.log_tokens
         )
+        batch_size = lm.batch_size  # 'auto' is searched once, for the first evaluation
         lm_eval_files = EvaluationTracker(output_path=str(out_dir / LM_EVAL_FOLDER))
         with reading_from(mirror), contextlib.closing(journal):
             results = lm_eval.simple_evaluate(

@@ -83,7 +83,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     seed: int = 0
-    batch_size: int = 8
+    batch_size: Any = 8  # an integer, or "auto": the largest batch that fits (found once, as lm-eval does)
     device: str = "auto"
     threads: Optional[int] = None  # torch's CPU threads (null: torch's default, one per core)
     # Also evaluated on the same loaded models and problems, before the run's own strategy, for one
@@ -146,8 +146,9 @@ def validate_run(cfg: DictConfig) -> RunPlan:
         strategy = build_strategy(cfg.ensemble.strategy, names, OmegaConf.to_container(cfg.ensemble.options))
     except ConfigError as err:
         raise ConfigError(f"ensemble: {err}") from None
-    if cfg.batch_size < 1:
-        raise ConfigError(f"batch_size must be >= 1, got {cfg.batch_size}.")
+    if cfg.batch_size != "auto" and (not isinstance(cfg.batch_size, int) or isinstance(cfg.batch_size, bool)
+                                     or cfg.batch_size < 1):  # fmt: skip
+        raise ConfigError(f"batch_size must be an integer >= 1 or 'auto', got {cfg.batch_size!r}.")
     if cfg.threads is not None and cfg.threads < 1:
         raise ConfigError(f"threads must be >= 1 (or null for torch's default), got {cfg.threads}.")
     check_compare(list(cfg.compare), strategy, names)

@@ -53,6 +53,7 @@ CASES = [
     ("negative seed", lambda p: ["seed=-1"], "seed"),
     ("seed not a number", lambda p: ["seed=many"], "seed"),
     ("zero batch size", lambda p: ["batch_size=0"], "batch_size"),
+    ("batch size not a number", lambda p: ["batch_size=many"], "batch_size"),
     ("zero threads", lambda p: ["threads=0"], "threads"),
     ("negative few-shot count", lambda p: ["benchmark.num_fewshot=-1"], "num_fewshot"),
     ("fractional limit above one", lambda p: ["benchmark.limit=1.5"], "limit"),

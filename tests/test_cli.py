@@ -205,9 +205,10 @@ def test_a_run_writes_lm_evals_own_files_that_lm_evals_readers_load(tiny_models,
 
     done = run_cli(
         tmp_path, *tiny_overrides(tiny_models), "benchmark=gsm8k_paper", "benchmark.limit=3", "benchmark.max_gen_toks=8",
-        "benchmark.log_tokens=true",
+        "benchmark.log_tokens=true", "batch_size=auto",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "batch_size=auto: 64 sequences" in done.stdout  # tiny models: the first size tried fits
     files = [str(p) for p in (tmp_path / "run" / "lm_eval").rglob("*.json*")]
     latest = Path(get_latest_filename(get_results_filenames(files)))
     assert latest.parent.name == "mixens-mixture-bpe_a+bpe_b"  # the ensemble's name, as mixens-lm-eval names it
