@@ -6,28 +6,22 @@ import contextlib
 import copy
 import dataclasses
 import difflib
-import functools
 import json
 import logging
 import multiprocessing
-import os
 import shutil
-import signal
 import sys
-import tempfile
-import threading
 import time
 import traceback
 from pathlib import Path
 
 import hydra
-import yaml
 from hydra.core.hydra_config import HydraConfig
-from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from mixens.config import RunPlan, generation_overrides, register_schema, validate_run
+from mixens.config import RunPlan, check_config_files, generation_overrides, register_schema, validate_run
 from mixens.errors import ConfigError, OutputError
+from mixens.faults import Interrupted, console_when_log_file_fails, stop_on_signals, stop_when_orphaned
 
 log = logging.getLogger("mixens")
 CONF_DIR = str(Path(__file__).resolve().parent / "conf")  # inside the package, so an installed wheel has it
@@ -192,15 +186,14 @@ def record_run(cfg: DictConfig, out_dir: Path, evaluations: list, seconds: float
     )
 
     _, results, lm = evaluations[-1]
+    resumed = lm.journal.resumed if lm.journal is not None else 0
     record = {
         "config": OmegaConf.to_container(cfg, resolve=True),
         "metrics": metrics_by_task(results),
         "speed": lm.speed_stats.as_dict(),
         # what lm-eval's own table reads: scores with standard errors, versions, n-shot, groups
         "lm_eval": {key: results[key] for key in LM_EVAL_TABLE_KEYS if key in results},
-        "resumed_requests": lm.journal.resumed
-        if lm.journal is not None
-        else 0,  # taken from an earlier attempt's journal
+        "resumed_requests": resumed,  # taken from an earlier attempt's journal
         "versions": versions(),
         "seed": cfg.seed,
         "git_commit": git_commit(),
@@ -251,55 +244,8 @@ def console_table(record: dict) -> str:
 
 def main() -> None:
     """`python -m mixens` / `mixens`: the Hydra app, after a check that every config file it may read is YAML."""
-    for folder in config_folders(sys.argv[1:]):
-        for path in sorted(Path(folder).rglob("*.yaml")):
-            try:
-                OmegaConf.load(path)
-            except yaml.YAMLError as err:  # Hydra would print ~90 lines of parser traceback
-                mark = getattr(err, "problem_mark", None)
-                where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-                problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-                print(f"mixens: {path}{where} is not valid YAML: {problem}; fix the file.", file=sys.stderr)
-                sys.exit(2)
+    check_config_files(sys.argv[1:], CONF_DIR)
     hydra_app()
-
-
-def config_folders(argv: list[str]) -> list[str]:
-    """mixens' config folder and those the command line adds (--config-dir/-cd, hydra.searchpath file://)."""
-    folders = [CONF_DIR]
-    for i, arg in enumerate(argv):
-        if arg in ("--config-dir", "-cd") and i + 1 < len(argv):
-            folders.append(argv[i + 1])
-        elif arg.startswith("--config-dir="):
-            folders.append(arg.split("=", 1)[1])
-        elif arg.lstrip("+").startswith("hydra.searchpath="):
-            folders += [item.strip()[len("file://") :] for item in arg.split("=", 1)[1].strip("[]").split(",")
-                        if item.strip().startswith("file://")]  # fmt: skip
-    return [f for f in folders if Path(f).is_dir()]
-
-
-class OutputFolderCheck(Callback):
-    """Before Hydra creates the run's (or sweep's) folder: a folder that cannot be written is one sentence
-    here, not the traceback of Hydra's own mkdir."""
-
-    def on_run_start(self, config: DictConfig, **kwargs) -> None:
-        check_writable(Path(config.hydra.run.dir), "hydra.run.dir")
-
-    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        check_writable(Path(config.hydra.sweep.dir), "hydra.sweep.dir")
-
-
-def check_writable(folder: Path, field: str) -> None:
-    existing = folder.absolute()
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent  # the folder itself is made later, by Hydra
-    try:
-        with tempfile.TemporaryFile(dir=existing):
-            pass
-    except OSError as err:
-        print(f"mixens: {folder} cannot be written ({err.strerror} in {existing}); set {field}=PATH to a "
-              "writable folder.", file=sys.stderr)  # fmt: skip
-        sys.exit(2)  # SystemExit passes through Hydra's error report untouched
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
@@ -308,8 +254,7 @@ def hydra_app(cfg: DictConfig) -> dict:
     hydra_cfg = HydraConfig.get()
     out_dir = Path(hydra_cfg.runtime.output_dir)
     sweep_dir = Path(hydra_cfg.sweep.dir) if hydra_cfg.mode.name == "MULTIRUN" else None
-    for stop in (signal.SIGTERM, signal.SIGINT):  # a scheduler's time limit, Ctrl-C
-        signal.signal(stop, _interrupt)
+    stop_on_signals()
     stop_when_orphaned()
     console_when_log_file_fails()
     try:
@@ -335,56 +280,6 @@ def hydra_app(cfg: DictConfig) -> dict:
     print(console_table(record))
     print(f"results: {record['path']}")
     return record
-
-
-class Interrupted(BaseException):
-    """The process was told to stop (SIGTERM, SIGINT) while a job ran."""
-
-    def __init__(self, signum: int):
-        super().__init__(f"stopped by {signal.Signals(signum).name}")
-        self.signum = signum
-
-
-def _interrupt(signum: int, frame) -> None:
-    raise Interrupted(signum)
-
-
-def console_when_log_file_fails() -> None:
-    """Hydra's log file (<job>/<app>.log) on a full disk: one line, then the console only, instead of
-    logging's traceback for every record."""
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.FileHandler):
-            handler.handleError = functools.partial(_log_file_failed, handler)
-
-
-def _log_file_failed(handler: logging.FileHandler, record: logging.LogRecord) -> None:
-    logging.getLogger().removeHandler(handler)
-    error = sys.exc_info()[1]  # handleError runs inside emit's except block
-    print(f"mixens: the log file {handler.baseFilename} cannot be written ({error}); logging to the console only.",
-          file=sys.stderr)  # fmt: skip
-
-
-_watching = threading.Event()
-
-
-def stop_when_orphaned(every: float = 1.0) -> None:
-    """In a worker of a parallel sweep (joblib's loky processes), stop the job when the sweep's process is
-    gone (kill -9): the worker sends itself SIGTERM, so the job is marked interrupted and nothing is left
-    running with the models loaded. The sweep's own process, whose parent may exit (nohup), is not watched."""
-    parent = multiprocessing.parent_process()
-    if parent is None or _watching.is_set():
-        return
-    _watching.set()
-
-    def watch() -> None:
-        while os.getppid() == parent.pid:
-            time.sleep(every)
-        print(f"mixens: the sweep's process {parent.pid} is gone; stopping this worker.", file=sys.stderr)
-        os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(60)  # the job had a minute to record that it was stopped
-        os._exit(128 + signal.SIGTERM)
-
-    threading.Thread(target=watch, name="mixens-orphan-watch", daemon=True).start()
 
 
 def run_job(cfg: DictConfig, out_dir: Path, sweep_dir: Path | None) -> dict:

@@ -10,10 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
 
+import yaml
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
@@ -196,3 +198,32 @@ def generation_overrides(bench: DictConfig) -> dict:
     """The benchmark's generation settings that replace the tasks' own."""
     keys = ("max_gen_toks", "do_sample", "temperature", "top_k", "top_p")
     return {k: bench[k] for k in keys if bench.get(k) is not None}
+
+
+def check_config_files(argv: list[str], conf_dir: str) -> None:
+    """Every YAML file the command line's config folders hold parses, or one sentence (file, line, column)
+    and exit 2: Hydra itself would print ~90 lines of parser traceback."""
+    for folder in config_folders(argv, conf_dir):
+        for path in sorted(Path(folder).rglob("*.yaml")):
+            try:
+                OmegaConf.load(path)
+            except yaml.YAMLError as err:
+                mark = getattr(err, "problem_mark", None)
+                where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+                problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+                print(f"mixens: {path}{where} is not valid YAML: {problem}; fix the file.", file=sys.stderr)
+                sys.exit(2)
+
+
+def config_folders(argv: list[str], conf_dir: str) -> list[str]:
+    """mixens' config folder and those the command line adds (--config-dir/-cd, hydra.searchpath file://)."""
+    folders = [conf_dir]
+    for i, arg in enumerate(argv):
+        if arg in ("--config-dir", "-cd") and i + 1 < len(argv):
+            folders.append(argv[i + 1])
+        elif arg.startswith("--config-dir="):
+            folders.append(arg.split("=", 1)[1])
+        elif arg.lstrip("+").startswith("hydra.searchpath="):
+            folders += [item.strip()[len("file://") :] for item in arg.split("=", 1)[1].strip("[]").split(",")
+                        if item.strip().startswith("file://")]  # fmt: skip
+    return [f for f in folders if Path(f).is_dir()]
