@@ -326,10 +326,15 @@ class EnsembleLM(LM):
                     finished=bar.update,
                 )
                 self.speed_stats.add(stats)
+                log.debug(
+                    "batch %d of group %d: %d prompts, seed %d, %d tokens in %.2f s",
+                    batch_index, group_index, len(chunk), seed, stats.tokens_generated, stats.wall_seconds,
+                )  # fmt: skip
                 done = {"texts": chunk_texts, "tokens": [asdict(r) for r in recorder.records] if recorder else None}
                 if self.journal is not None:
                     self.journal.put(entry, done)
             else:
+                log.debug("batch %d of group %d: %d prompts from the journal", batch_index, group_index, len(chunk))
                 bar.update(len(chunk))
             for request, text in zip(chunk, done["texts"]):
                 self.cache_hook.add_partial("generate_until", request, text)

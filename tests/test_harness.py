@@ -12,8 +12,10 @@ units, so both checks bite; the token ids themselves are compared exactly.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -383,7 +385,9 @@ def test_different_tokenizers_score_the_sequence_level_mixture(tiny_models, sing
         assert value == pytest.approx(top + math.log(sum(math.exp(m - top) for m in mixed)), abs=1e-9)
 
 
-def test_a_journal_answers_finished_slices_and_batches_without_scoring_them_again(tiny_models, tmp_path, monkeypatch):
+def test_a_journal_answers_finished_slices_and_batches_without_scoring_them_again(
+    tiny_models, tmp_path, monkeypatch, caplog
+):
     """What an earlier attempt finished comes back from the journal exactly; nothing is computed twice."""
     from mixens import harness
     from mixens.journal import RequestJournal
@@ -400,12 +404,18 @@ def test_a_journal_answers_finished_slices_and_batches_without_scoring_them_agai
         lm = EnsembleLM(ensemble=ensemble, batch_size=2, seed=5, journal=journal)
         return lm, lm.loglikelihood(requests, disable_tqdm=True), lm.generate_until(prompts, disable_tqdm=True)
 
-    first, scores, texts = attempt()
+    with caplog.at_level(logging.DEBUG, logger="mixens.harness"):  # per-batch detail at DEBUG
+        first, scores, texts = attempt()
+    assert any(
+        re.fullmatch(r"batch 0 of group 0: 2 prompts, seed \d+, \d+ tokens in .* s", r.message) for r in caplog.records
+    )
     assert first.journal.resumed == 0 and first.journal.finished_batches() == -(-len(requests) // 4) + 2
     calls = []
     monkeypatch.setattr(harness, "mixture_scores", lambda *a, **k: calls.append(a))
     monkeypatch.setattr(ensemble, "decode", lambda *a, **k: calls.append(a))
-    again, scores_again, texts_again = attempt()
+    with caplog.at_level(logging.DEBUG, logger="mixens.harness"):
+        again, scores_again, texts_again = attempt()
+    assert "batch 1 of group 0: 2 prompts from the journal" in caplog.text
     assert (scores_again, texts_again, calls) == (scores, texts, [])
     assert again.journal.resumed == len(requests) + len(prompts)
     other = RequestJournal(tmp_path / "journal.sqlite", {"job": 2})  # another config: its batches are not these
