@@ -81,3 +81,15 @@ def test_cost_model_limits():
     linear = [float(k) for k in range(1, 17)]  # a catch-up that costs k steps: no gain at all
     assert expected_catchup_cost(linear, 0.25) == pytest.approx(4.0, rel=1e-4)
     assert ideal_mixture_step([linear] * 2, [0.5, 0.5]) == pytest.approx(ideal_averaging_step([linear] * 2), rel=1e-4)
+
+
+def test_the_ray_overhead_study_runs_the_same_member_steps_both_ways():
+    """A smoke test (seconds): the numbers are read, not judged; the step itself is the same code both ways."""
+    from mixens.bench.ray_overhead import Stepper, measure
+
+    local, again = Stepper("tiny", batch=2, threads=1), Stepper("tiny", batch=2, threads=1)
+    assert local.start(4) == again.start(4) and local.step([[1], [2]]) == again.step([[1], [2]])  # same seed, same ids
+    found = measure("tiny", batch=2, steps=3)
+    assert set(found) >= {"in_process_ms", "ray_actor_ms", "overhead_ms", "empty_call_ms"}
+    assert found["overhead_ms"] == found["ray_actor_ms"] - found["in_process_ms"]
+    assert min(found["in_process_ms"], found["ray_actor_ms"], found["empty_call_ms"]) > 0
