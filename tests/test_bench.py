@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from mixens.bench.__main__ import main
 from mixens.bench.cost_model import cost_at, expected_catchup_cost, ideal_averaging_step, ideal_mixture_step
@@ -87,9 +88,11 @@ def test_the_ray_overhead_study_runs_the_same_member_steps_both_ways():
     """A smoke test (seconds): the numbers are read, not judged; the step itself is the same code both ways."""
     from mixens.bench.ray_overhead import Stepper, measure
 
-    local, again = Stepper("tiny", batch=2, threads=1), Stepper("tiny", batch=2, threads=1)
+    threads = torch.get_num_threads()
+    local, again = Stepper("tiny", batch=2), Stepper("tiny", batch=2)
     assert local.start(4) == again.start(4) and local.step([[1], [2]]) == again.step([[1], [2]])  # same seed, same ids
     found = measure("tiny", batch=2, steps=3)
+    assert torch.get_num_threads() == threads  # this process's threads are left as they were
     assert set(found) >= {"in_process_ms", "ray_actor_ms", "overhead_ms", "empty_call_ms"}
     assert found["overhead_ms"] == found["ray_actor_ms"] - found["in_process_ms"]
     assert min(found["in_process_ms"], found["ray_actor_ms"], found["empty_call_ms"]) > 0

@@ -23,8 +23,9 @@ from mixens.bench.members import SHAPES, random_model
 class Stepper:
     """One member decoding a batch greedily, one token per call, with its cache kept between calls."""
 
-    def __init__(self, size: str, batch: int, threads: int, seed: int = 0):
-        torch.set_num_threads(threads)  # the same in the actor's process and in this one
+    def __init__(self, size: str, batch: int, threads: int | None = None, seed: int = 0):
+        if threads is not None:  # in an actor's own process
+            torch.set_num_threads(threads)
         torch.manual_seed(seed)
         self.model = random_model(SHAPES[size], torch.device("cpu"), torch.float32, seed)
         self.batch, self.cache, self.seed = batch, None, seed
@@ -56,8 +57,13 @@ def measure(size: str, batch: int, steps: int, threads: int = 1, prompt_tokens: 
     """ms per step in process, through a Ray actor on this machine, and an empty actor call."""
     import ray
 
-    local = Stepper(size, batch, threads)
-    in_process = per_step_ms(local.step, local.start(prompt_tokens), steps)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)  # as many as the actor gets, for this measurement only
+    try:
+        local = Stepper(size, batch)
+        in_process = per_step_ms(local.step, local.start(prompt_tokens), steps)
+    finally:
+        torch.set_num_threads(before)
     ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
     try:
         remote = ray.remote(num_cpus=1)(Stepper).remote(size, batch, threads)
