@@ -67,18 +67,30 @@ def mixture_scores(
 
 
 def count_pieces(member_weights: Sequence[float], shared_vocabulary: bool, pieces) -> int:
-    """How many pieces mixture_scores scores for these requests (the length of its progress)."""
-    return sum(len(items) for _, items in _scoring_jobs(member_weights, shared_vocabulary, pieces)[2])
+    """How many pieces mixture_scores scores for these requests (the length of its progress), counted
+    without building them: one per window for a request scored token by token, one per member otherwise."""
+    active, token_level = _token_level(member_weights, shared_vocabulary, pieces)
+    return sum(
+        len(pieces[active[0]][r]) if joint else sum(len(pieces[i][r]) for i in active)
+        for r, joint in enumerate(token_level)
+    )
+
+
+def _token_level(member_weights: Sequence[float], shared_vocabulary: bool, pieces) -> tuple[list[int], list[bool]]:
+    """The active members, and whether each request is scored token by token (the same continuation tokens
+    for every active member, in one vocabulary)."""
+    active = [i for i, w in enumerate(member_weights) if w > 0]
+    token_level = [
+        shared_vocabulary and all([c for _, c in pieces[i][r]] == [c for _, c in pieces[active[0]][r]] for i in active)
+        for r in range(len(pieces[0]))
+    ]
+    return active, token_level
 
 
 def _scoring_jobs(member_weights: Sequence[float], shared_vocabulary: bool, pieces):
     """(active members, whether each request is scored token by token, jobs) for mixture_scores."""
-    active = [i for i, w in enumerate(member_weights) if w > 0]
+    active, token_level = _token_level(member_weights, shared_vocabulary, pieces)
     n_requests = len(pieces[0])
-    token_level = [
-        shared_vocabulary and all([c for _, c in pieces[i][r]] == [c for _, c in pieces[active[0]][r]] for i in active)
-        for r in range(n_requests)
-    ]
     # Jobs: (member index or None for all, [(request, Piece)]): one job for the token-level requests, one
     # per member for the rest (each member scores its own tokenisation).
     jobs: list[tuple[int | None, list[tuple[int, Piece]]]] = []

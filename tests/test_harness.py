@@ -656,3 +656,16 @@ def test_the_hydra_cli_and_the_python_api_write_the_same_texts(tiny_models, tmp_
     )  # fmt: skip
     from_api = {row["doc_id"]: row["resps"][0][0] for row in results["samples"]["gsm8k_paper"]}
     assert from_cli == from_api and len(from_api) == 2 and any(from_api.values())
+
+
+@pytest.mark.parametrize("names", [("bpe_a", "bpe_b"), ("bpe_a", "sp_c")])
+def test_the_likelihood_progress_counts_exactly_the_pieces_scored(tiny_models, names):
+    from mixens.likelihood import _scoring_jobs, count_pieces
+
+    lm = EnsembleLM(ensemble=mixens.load_ensemble([spec(tiny_models[n], n) for n in names], "mixture"))
+    pairs = [[[enc.pair(c, x)] for c, x in multiple_choice_pairs()] for enc in lm.encoders]
+    rolling = [[enc.rolling_windows(text) for text in TEXTS] for enc in lm.encoders]
+    for pieces in (pairs, rolling):
+        for weights in ((0.5, 0.5), (1.0, 0.0)):
+            built = sum(len(items) for _, items in _scoring_jobs(weights, lm.ensemble.shared_vocabulary, pieces)[2])
+            assert count_pieces(weights, lm.ensemble.shared_vocabulary, pieces) == built
