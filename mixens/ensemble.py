@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 from mixens.chat import check_messages
 from mixens.decoding import SAMPLING_STREAM, Decoder, GenerationStats, stream_seed
 from mixens.errors import ConfigError
+from mixens.faults import raise_if_stopped
 from mixens.members import Member, hub_access, in_memory_member, in_memory_spec, load_member
 from mixens.sampling import Sampling, check_decoding_budget, pick
 from mixens.spec import ModelSpec, normalized_weights, validate_members
@@ -150,6 +151,7 @@ class Ensemble:
         rng = torch.Generator(device=decoder.home).manual_seed(stream_seed(seed, SAMPLING_STREAM, batch_index))
         told = 0
         for _ in range(max_new_tokens):
+            raise_if_stopped()
             step = decoder.step()
             picked = pick(step.dist, sampling, rng)
             if recorder is not None:

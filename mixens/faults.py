@@ -32,8 +32,21 @@ def stop_on_signals() -> None:
         signal.signal(stop, _interrupt)
 
 
+_stop_signal: int | None = None  # the signal that asked this process to stop, once one has
+
+
 def _interrupt(signum: int, frame) -> None:
+    global _stop_signal
+    _stop_signal = signum
     raise Interrupted(signum)
+
+
+def raise_if_stopped() -> None:
+    """Called between steps of long work. A signal's Python handler runs wherever the interpreter happens to
+    be, and an exception raised inside a finalizer or a library's catch-all is dropped: the stop is raised
+    again here, so a job told to stop always stops."""
+    if _stop_signal is not None:
+        raise Interrupted(_stop_signal)
 
 
 def console_when_log_file_fails() -> None:

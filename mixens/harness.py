@@ -51,6 +51,7 @@ from mixens.data_parallel import Replicas
 from mixens.decoding import GenerationStats
 from mixens.ensemble import Ensemble, load_ensemble
 from mixens.errors import ConfigError
+from mixens.faults import raise_if_stopped
 from mixens.journal import RequestJournal
 from mixens.likelihood import MemberEncoder, count_pieces, mixture_scores
 from mixens.members import Member, describe
@@ -417,6 +418,7 @@ class EnsembleLM(LM):
         bar = tqdm(total=count_pieces(weights, shared, pieces), desc=f"mixens {what}", disable=disable_tqdm)
         scores = []
         for start in range(0, count, SCORE_SLICE):
+            raise_if_stopped()
             part = [member_pieces[start : start + SCORE_SLICE] for member_pieces in pieces]
             entry = RequestJournal.key(what, part)
             done = self.journal.get(entry, len(part[0])) if self.journal is not None else None
