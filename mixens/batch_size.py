@@ -20,6 +20,11 @@ def largest_fitting_batch(members: Sequence, lengths: Sequence[int], start: int 
     once: each member's key/value cache is kept while the next one runs, as when they decode together."""
     from accelerate.utils import find_executable_batch_size
 
+    if remote := [m.name for m in members if m.spec.ray_actor is not None]:
+        raise ConfigError(
+            f"batch_size=auto measures memory in this process, but {remote} run in Ray actors; give a number."
+        )
+
     @find_executable_batch_size(starting_batch_size=start)
     def probe(batch_size: int) -> int:
         kept = []

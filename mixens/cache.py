@@ -56,7 +56,7 @@ class MemberCache:
             if not active[b]:
                 chunks.append([])
                 continue
-            keep = _common_prefix(row.ids, target)
+            keep = common_prefix(row.ids, target)
             if keep == len(target):  # nothing new (e.g. a byte this member cannot spell): re-feed the last
                 keep -= 1
             self._crop(b, keep)
@@ -134,7 +134,7 @@ class MemberCache:
         self.live = live
 
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
+def common_prefix(a: list[int], b: list[int]) -> int:
     if len(a) <= len(b) and b[: len(a)] == a:  # the usual case: the target only grew
         return len(a)
     n = min(len(a), len(b))

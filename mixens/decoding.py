@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from mixens.cache import FeedStats, MemberCache
+from mixens.cache import FeedStats
 from mixens.errors import ConfigError
 from mixens.members import Member, context_length
 from mixens.sampling import Sampling, transformed_probs
@@ -189,7 +189,7 @@ class Decoder:
         _refuse_empty_prompts(self.members, self.transcript)
         self._stop_columns = _StopColumns.build(self.transcript, self.vocab, self.members)
         self.caches = [
-            MemberCache(m.model, m.device, self.transcript.prompt_lengths(i), _pad_id(m), self.vocab.member_size(i))
+            m.new_cache(self.transcript.prompt_lengths(i), _pad_id(m), self.vocab.member_size(i))
             for i, m in enumerate(self.members)
         ]
         self.home = self.members[0].device

@@ -232,9 +232,7 @@ def load_validated(
     for i, spec in enumerate(specs):  # a hub that does not answer fails before any weights load
         if i not in given:
             hub_access(spec, i)
-    members = [
-        in_memory_member(spec, *given[i]) if i in given else load_member(spec, i) for i, spec in enumerate(specs)
-    ]
+    members = [in_memory_member(spec, *given[i]) if i in given else _load(spec, i) for i, spec in enumerate(specs)]
     ensemble = Ensemble(members, strategy, batch_size=batch_size)
     vocab = ensemble.vocab
     log.info(
@@ -246,6 +244,14 @@ def load_validated(
         else f"different tokenizers, mixed in a union of {vocab.size} token strings",
     )
     return ensemble
+
+
+def _load(spec: ModelSpec, index: int) -> Member:
+    if spec.ray_actor is None:
+        return load_member(spec, index)
+    from mixens.ray_members import load_remote_member  # Ray is imported only for pools that use it
+
+    return load_remote_member(spec, index)
 
 
 def _in_memory(raw) -> bool:

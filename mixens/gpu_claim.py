@@ -45,7 +45,7 @@ def claimed_gpu(count: int, folder: Path | None = None, wait: float = 3600.0) ->
 def on_claimed_gpu(specs: list, index: int) -> list:
     """The members that would go to the default GPU ('auto' or 'cuda'), on GPU `index` instead."""
     return [dataclasses.replace(s, device=f"cuda:{index}") if s.device in ("auto", "cuda") and
-            s.device_map is None else s for s in specs]  # fmt: skip
+            s.device_map is None and s.ray_actor is None else s for s in specs]  # fmt: skip
 
 
 @contextlib.contextmanager

@@ -251,7 +251,7 @@ class EnsembleLM(LM):
             "ensemble_strategy": self.ensemble.strategy.name,
             "ensemble_shared_vocabulary": self.ensemble.shared_vocabulary,
             "ensemble_members": [describe(m, w) for m, w in zip(self.members, self.ensemble.weights)],
-            "model_num_parameters": sum(p.numel() for m in self.members for p in m.model.parameters()),
+            "model_num_parameters": sum(m.model.num_parameters() for m in self.members),
         }
 
     # ------------------------------------------------------------------ chat templates

@@ -231,7 +231,7 @@ def _score_batch(members, weights, batch, token_lists) -> list[tuple[float, bool
     targets = torch.tensor([t for tokens in token_lists for t in tokens], dtype=torch.long)
     token_logps, mixed, greedy = [], None, None
     for i, member in enumerate(members):
-        logits = continuation_logits(member, [contexts[i] for contexts, _ in batch], token_lists, group_of)
+        logits = member.continuation_logits([contexts[i] for contexts, _ in batch], token_lists, group_of)
         # float32 at least (half-precision log-softmax loses whole digits); float64 members stay float64
         logp = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
         token_logps.append(logp.gather(1, targets.to(logp.device)[:, None]).squeeze(1).double().cpu())

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
+from mixens.cache import MemberCache
 from mixens.chat import as_messages
 from mixens.errors import ConfigError
 from mixens.hub import check_hub_reachable, hub_offline, hub_unreachable, is_hub_id, is_network_failure
@@ -29,6 +30,16 @@ class Member:
     @property
     def name(self) -> str:
         return self.spec.name
+
+    def new_cache(self, prompt_lengths: list[int], pad_id: int, logit_size: int):
+        """A KV cache over one batch's rows (mixens.cache); a member in a Ray actor keeps it there."""
+        return MemberCache(self.model, self.device, prompt_lengths, pad_id, logit_size)
+
+    def continuation_logits(self, contexts, token_lists, group_of) -> torch.Tensor:
+        """Logits that predict each continuation token (mixens.likelihood.continuation_logits)."""
+        from mixens.likelihood import continuation_logits
+
+        return continuation_logits(self, contexts, token_lists, group_of)
 
     def render_prompt(self, prompt: str | list[dict]) -> tuple[str, bool]:
         """The text this member sees for a prompt, and whether its tokenizer adds special tokens.
@@ -202,8 +213,8 @@ def describe(member: Member, weight: float) -> dict:
         "path": member.spec.path,
         "weight": weight,
         "device": str(member.device),
-        "dtype": str(next(member.model.parameters()).dtype).replace("torch.", ""),
-        "parameters": sum(p.numel() for p in member.model.parameters()),
+        "dtype": str(member.model.dtype).replace("torch.", ""),
+        "parameters": member.model.num_parameters(),
         "eos_ids": sorted(member.eos_ids),
         "model_type": member.model.config.model_type,
     }

@@ -30,6 +30,9 @@ class ModelSpec:
     # A member larger than one device: transformers' device_map ("auto", "balanced", "sequential" or
     # {module: device}), placing its layers across the visible GPUs (and CPU); replaces `device`.
     device_map: str | dict | None = None
+    # A member in a Ray actor of its own, on whichever node Ray places it (mixens.ray_members): Ray's actor
+    # resources, e.g. {num_gpus: 1} or {num_gpus: 1, resources: {node_b: 1}}; None: in this process.
+    ray_actor: dict | None = None
     revision: str | None = None
     # False: raw prompts; True: the tokenizer's own chat template; a string: that Jinja template.
     chat_template: bool | str = False
@@ -73,7 +76,8 @@ def normalized_weights(weights: Sequence[float], names: Sequence[str] | None = N
     return [w / sum(scaled) for w in scaled]
 
 
-def validate_device(device: str, field_name: str) -> None:
+def validate_device(device: str, field_name: str, here: bool = True) -> None:
+    """A device name, and (`here`) one this machine has; a member in a Ray actor resolves it on its node."""
     import torch
 
     if device in ("auto", "cpu", "cpu:0"):  # torch names the one CPU device both ways
@@ -84,15 +88,38 @@ def validate_device(device: str, field_name: str) -> None:
         wanted = int(index) if index.isdigit() else 0
         if index and not index.isdigit():
             raise ConfigError(f"{field_name} '{device}' is not a device; use 'cpu', 'cuda' or 'cuda:N'.")
-        if wanted >= count:
+        if here and wanted >= count:
             seen = f"{count} CUDA device(s)" if count else "no CUDA device"
             raise ConfigError(f"{field_name} is '{device}' but this machine has {seen}; use 'cpu' or 'auto'.")
         return
     if kind == "mps":
-        if not torch.backends.mps.is_available():
+        if here and not torch.backends.mps.is_available():
             raise ConfigError(f"{field_name} is 'mps' but MPS is not available here; use 'cpu' or 'auto'.")
         return
     raise ConfigError(f"{field_name} '{device}' is not a device; use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'.")
+
+
+RAY_ACTOR_OPTIONS = ("num_cpus", "num_gpus", "memory", "resources")
+
+
+def validate_ray_actor(spec: ModelSpec, index: int) -> None:
+    """Ray's own actor options, checked before Ray starts: amounts are numbers >= 0, resources a mapping."""
+    where = f"models[{index}].ray_actor"
+    options = spec.ray_actor
+    if not isinstance(options, Mapping):
+        raise ConfigError(f"{where} must be a mapping of Ray actor options such as {{num_gpus: 1}}, got {options!r}.")
+    if unknown := sorted(set(options) - set(RAY_ACTOR_OPTIONS)):
+        raise ConfigError(f"{where} has unknown keys {unknown}; the allowed keys are {list(RAY_ACTOR_OPTIONS)}.")
+    amounts = {k: v for k, v in options.items() if k != "resources"}
+    resources = options.get("resources") or {}
+    if not isinstance(resources, Mapping):
+        raise ConfigError(f"{where}.resources must be a mapping like {{node_b: 1}}, got {resources!r}.")
+    amounts.update({f"resources.{k}": v for k, v in resources.items()})
+    for key, value in amounts.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+            raise ConfigError(f"{where}.{key} must be a number >= 0, got {value!r}.")
+    if spec.path == IN_MEMORY:
+        raise ConfigError(f"models[{index}] is a model in this process's memory; it cannot move to a Ray actor.")
 
 
 DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
@@ -183,7 +210,9 @@ def validate_members(specs: Sequence[ModelSpec]) -> None:
     for i, spec in enumerate(specs):
         if spec.dtype not in DTYPES:
             raise ConfigError(f"models[{i}].dtype '{spec.dtype}' is unknown; choose one of {', '.join(DTYPES)}.")
-        validate_device(spec.device, f"models[{i}].device")
+        validate_device(spec.device, f"models[{i}].device", here=spec.ray_actor is None)
+        if spec.ray_actor is not None:
+            validate_ray_actor(spec, i)
         if spec.device_map is not None:
             validate_device_map(spec, i)
         validate_path(spec, i)

@@ -42,6 +42,7 @@ CASES = [
     ("unknown dtype", lambda p: ["+models.a.dtype=float99"], "dtype"),
     ("missing device", lambda p: ["device=cuda:7"], "device"),
     ("unknown device map", lambda p: ["+models.a.device_map=everywhere"], "device_map"),
+    ("unknown Ray actor option", lambda p: ["+models.a.ray_actor={num_gpu:1}"], "ray_actor"),
     ("missing model folder", lambda p: ["models.a.path=./no/such/model"], "no/such/model"),
     ("folder without a tokenizer", lambda p: [f"models.a.path={p['no-tokenizer']}"], "tokenizer"),
     ("corrupt weights", lambda p: [f"models.a.path={p['corrupt-weights']}"], "safetensors"),

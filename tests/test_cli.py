@@ -149,6 +149,14 @@ def test_every_shipped_model_takes_its_own_device_as_the_readme_writes_it():
     assert [s.device for s in plan.specs] == ["auto", "cpu:0"]  # the other model keeps the run's device
 
 
+def test_every_shipped_model_can_be_put_in_a_ray_actor_from_the_command_line():
+    names = [path.stem for path in (Path(CONF_DIR) / "models").glob("*.yaml")]
+    cfg = composed(f"models=[{','.join(names)}]", *(f"models.{name}.ray_actor={{num_gpus:1}}" for name in names))
+    assert {name: cfg.models[name].ray_actor for name in names} == dict.fromkeys(names, {"num_gpus": 1})
+    plan = validate_run(composed("models.gemma-3-270m.ray_actor={num_cpus:2}"))
+    assert [s.ray_actor for s in plan.specs] == [None, {"num_cpus": 2}]
+
+
 def test_a_fraction_and_a_whole_limit_are_both_fine():
     validate_run(composed("benchmark.limit=0.5"))
     validate_run(composed("benchmark.limit=20"))

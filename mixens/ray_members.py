@@ -1,0 +1,155 @@
+"""Members in Ray actors: a pool that does not fit one node runs each member where Ray places it.
+
+A member with `ray_actor: {num_gpus: 1, ...}` (Ray's actor options) loads its weights inside an actor of its
+own, on whichever node of the cluster has those resources (`RAY_ADDRESS`, as for any Ray program; with none
+set, a local Ray instance starts). The process that drives decoding keeps only the tokenizer and the model's
+configs. Each step, it sends a routed member only the tokens each row gained since that member last ran
+(the catch-up span, usually one token); the member's KV cache never leaves its actor. What comes back is
+the next-token logits of the rows the member ran for, which the strategy combines here, so every strategy,
+tokenizer pairing and seed gives the same text as with the member in this process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from mixens.cache import FeedStats, MemberCache, common_prefix
+from mixens.errors import ConfigError
+from mixens.members import Member, load_member
+from mixens.spec import ModelSpec
+
+log = logging.getLogger(__name__)
+WAIT_NOTICE_SECONDS = 30
+
+
+class MemberActor:
+    """The actor's side: one loaded member and its KV caches, one per batch being decoded."""
+
+    def __init__(self, spec: ModelSpec, index: int):
+        self.member = load_member(spec, index)
+        self.caches: dict[int, MemberCache] = {}
+
+    def about(self) -> dict:
+        import ray
+
+        model = self.member.model
+        return {"tokenizer": self.member.tokenizer, "config": model.config, "generation_config": model.generation_config,
+                "dtype": model.dtype, "parameters": model.num_parameters(), "eos_ids": self.member.eos_ids,
+                "device": str(self.member.device), "node": ray.util.get_node_ip_address()}  # fmt: skip
+
+    def open(self, key: int, prompt_lengths: list[int], pad_id: int, logit_size: int) -> None:
+        self.caches[key] = self.member.new_cache(prompt_lengths, pad_id, logit_size)
+
+    def close(self, key: int) -> None:
+        self.caches.pop(key, None)
+
+    def advance(self, key: int, spans: list[tuple[int, list[int]] | None], hidden: bool):
+        """Rows with a span (kept prefix length, new ids) advance; returns their logits (and hidden states)
+        in row order, and the cache's counts."""
+        cache = self.caches[key]
+        targets = [[] if span is None else cache.rows[b].ids[: span[0]] + span[1] for b, span in enumerate(spans)]
+        active = [span is not None for span in spans]
+        result = cache.advance(targets, active, hidden=hidden)
+        logits, state = result if hidden else (result, None)
+        rows = torch.tensor([b for b, on in enumerate(active) if on], dtype=torch.long, device=logits.device)
+        picked = logits.index_select(0, rows).cpu()
+        return picked, None if state is None else state.index_select(0, rows).cpu(), cache.stats
+
+    def continuation_logits(self, contexts, token_lists, group_of) -> torch.Tensor:
+        return self.member.continuation_logits(contexts, token_lists, group_of).cpu()
+
+
+class RemoteModel:
+    """What the driving process knows of a model that lives in an actor: its configs, dtype and size."""
+
+    def __init__(self, actor, about: dict):
+        self.actor = actor
+        self.config = about["config"]
+        self.generation_config = about["generation_config"]
+        self.dtype = about["dtype"]
+        self._parameters = about["parameters"]
+
+    def num_parameters(self) -> int:
+        return self._parameters
+
+
+@dataclass
+class RemoteMember(Member):
+    """A member whose weights and caches are in a Ray actor; tokenising and combining stay here."""
+
+    def new_cache(self, prompt_lengths: list[int], pad_id: int, logit_size: int) -> RemoteCache:
+        return RemoteCache(self.model.actor, prompt_lengths, pad_id, logit_size)
+
+    def continuation_logits(self, contexts, token_lists, group_of) -> torch.Tensor:
+        import ray
+
+        return ray.get(self.model.actor.continuation_logits.remote(contexts, token_lists, group_of))
+
+
+_cache_keys = itertools.count()
+
+
+class RemoteCache:
+    """MemberCache's interface for a cache kept in the member's actor: sends spans, receives logits."""
+
+    def __init__(self, actor, prompt_lengths: list[int], pad_id: int, logit_size: int):
+        self.actor, self.key = actor, next(_cache_keys)
+        self.sent: list[list[int]] = [[] for _ in prompt_lengths]  # the ids each row of the actor's cache holds
+        self.logit_size = logit_size
+        self.stats = FeedStats()
+        self.ids_sent = 0  # what crossed to the actor: the spans' token ids
+        actor.open.remote(self.key, prompt_lengths, pad_id, logit_size)  # ordered before this actor's next call
+
+    def advance(self, targets: list[list[int]], active: list[bool], hidden: bool = False):
+        import ray
+
+        spans = []
+        for b, (target, on) in enumerate(zip(targets, active)):
+            if not on:
+                spans.append(None)
+                continue
+            keep = common_prefix(self.sent[b], target)
+            spans.append((keep, list(target[keep:])))
+            self.ids_sent += len(target) - keep
+            self.sent[b] = list(target)
+        picked, state, self.stats = ray.get(self.actor.advance.remote(self.key, spans, hidden))
+        rows = torch.tensor([b for b, on in enumerate(active) if on], dtype=torch.long)
+        logits = picked.new_zeros(len(targets), picked.shape[-1]).index_copy_(0, rows, picked)
+        if not hidden:
+            return logits
+        return logits, state.new_zeros(len(targets), state.shape[-1]).index_copy_(0, rows, state)
+
+    def __del__(self):
+        with contextlib.suppress(Exception):  # the actor or Ray may already be gone at exit
+            self.actor.close.remote(self.key)
+
+
+def load_remote_member(spec: ModelSpec, index: int) -> RemoteMember:
+    """Start the member's actor (Ray started or joined first), load it there, and keep what decoding needs."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(log_to_driver=True)  # RAY_ADDRESS names a cluster to join; without it a local one starts
+    options = dict(spec.ray_actor)
+    needed = {"CPU": options.get("num_cpus", 1), "GPU": options.get("num_gpus", 0), **(options.get("resources") or {})}
+    total = ray.cluster_resources()
+    if missing := {k: v for k, v in needed.items() if v and total.get(k, 0) < v}:
+        raise ConfigError(
+            f"models[{index}].ray_actor asks for {missing} but the Ray cluster has { ({k: total.get(k, 0) for k in missing}) }; "
+            "lower the request or join a larger cluster (RAY_ADDRESS)."
+        )
+    actor = ray.remote(**options)(MemberActor).remote(spec, index)
+    started = actor.about.remote()
+    while not ray.wait([started], timeout=WAIT_NOTICE_SECONDS)[0]:  # a load can take minutes; a full cluster forever
+        free = ray.available_resources()
+        log.warning("%s: still waiting for its Ray actor to start and load (asks %s; free now: %s)",
+                    spec.name, needed, {k: free.get(k, 0) for k in needed})  # fmt: skip
+    about = ray.get(started)
+    log.info("%s runs in a Ray actor on %s (%s, %s)", spec.name, about["node"], about["dtype"], about["device"])
+    model = RemoteModel(actor, about)
+    return RemoteMember(spec, model, about["tokenizer"], torch.device("cpu"), frozenset(about["eos_ids"]))

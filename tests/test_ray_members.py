@@ -1,0 +1,110 @@
+"""Members in Ray actors (CPU actors on a local Ray instance): the same texts, scores and counted work as the
+same members in this process, with only catch-up spans sent to the actors."""
+
+from __future__ import annotations
+
+import pytest
+import ray
+import torch
+from conftest import spec
+
+import mixens
+from mixens.errors import ConfigError
+from mixens.ray_members import RemoteCache, RemoteMember
+
+PROMPTS = ["The capital of France is", "Question: what is 12 + 30?\nAnswer:", "Hi", "def add(a, b):"]
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def pool(tiny_models, names, remote: bool) -> list[dict]:
+    actor = {"ray_actor": {"num_cpus": 1}} if remote else {}
+    return [spec(tiny_models[n], n, w, **actor) for n, w in zip(names, (0.6, 0.4))]
+
+
+@pytest.mark.parametrize(
+    ("strategy", "names", "options"),
+    [
+        ("mixture", ("bpe_a", "sp_c"), {"draw": "sequence"}),  # two tokenizers, per-row draws: catch-up spans
+        ("averaging", ("bpe_a", "bpe_b"), {}),
+        ("router", ("bpe_a", "bpe_b"), {"policy": "confidence", "threshold": 0.4}),  # a cascade: a second look per step
+    ],
+)
+def test_members_in_actors_write_the_same_texts_with_the_same_work(local_ray, tiny_models, strategy, names, options):
+    here = mixens.load_ensemble(pool(tiny_models, names, remote=False), strategy, **options)
+    there = mixens.load_ensemble(pool(tiny_models, names, remote=True), strategy, **options)
+    assert all(isinstance(m, RemoteMember) for m in there.members)
+    for do_sample in (True, False):
+        kwargs = dict(max_new_tokens=24, do_sample=do_sample, temperature=0.9, top_k=20, seed=5, batch_size=4)
+        expected, got = here.generate(PROMPTS, **kwargs), there.generate(PROMPTS, **kwargs)
+        assert got.texts == expected.texts
+        assert got.stats.members == expected.stats.members  # forward passes, catch-up and cropped tokens
+    assert sum(m.catchup_tokens for m in got.stats.members.values()) > 0 or strategy != "mixture"
+    del there  # its actors leave the local Ray instance for the next test
+
+
+def test_only_the_tokens_a_row_gained_cross_to_the_actor(local_ray, tiny_models):
+    (member,) = mixens.load_ensemble(pool(tiny_models, ["bpe_a"], remote=True), "single").members
+    (local,) = mixens.load_ensemble(pool(tiny_models, ["bpe_a"], remote=False), "single").members
+    prompts = [[5, 6, 7, 8, 9], [10, 11, 12]]
+    cache = member.new_cache([len(p) for p in prompts], pad_id=0, logit_size=420)
+    same_here = local.new_cache([len(p) for p in prompts], pad_id=0, logit_size=420)
+    assert isinstance(cache, RemoteCache)
+
+    def advance(targets, active, sent):
+        logits, hidden = cache.advance(targets, active, hidden=True)
+        expected_logits, expected_hidden = same_here.advance(targets, active, hidden=True)
+        rows = torch.tensor(active)
+        assert torch.equal(logits[rows], expected_logits[rows]) and torch.equal(hidden[rows], expected_hidden[rows])
+        assert bool(logits[~rows].eq(0).all())  # a row that did not run gets no logits
+        assert cache.ids_sent == sent and cache.stats == same_here.stats
+
+    advance(prompts, [True, True], sent=8)  # the prompts, once
+    grown = [[*prompts[0], 13, 14, 15], [*prompts[1], 16]]  # a member that was not drawn catches up by three
+    advance(grown, [True, True], sent=8 + 3 + 1)
+    cropped = [[*prompts[0], 13, 20], grown[1]]  # a re-tokenisation changed the last two ids of row 0
+    advance(cropped, [True, False], sent=12 + 1)
+    assert cache.stats.cropped_tokens == 2
+
+
+def test_likelihood_scores_match_members_in_this_process(local_ray, tiny_models):
+    from mixens.harness import EnsembleLM
+
+    requests = [("Question: 2 + 2 =", " 4"), ("Question: 2 + 2 =", " five"), ("The sky is", " blue today")]
+
+    class Request:
+        def __init__(self, args):
+            self.args = args
+
+    scores = {}
+    for remote in (False, True):
+        ensemble = mixens.load_ensemble(pool(tiny_models, ("bpe_a", "sp_c"), remote=remote), "mixture")
+        lm = EnsembleLM(ensemble=ensemble)
+        scores[remote] = lm.loglikelihood([Request(r) for r in requests], disable_tqdm=True)
+    assert scores[True] == pytest.approx(scores[False], abs=1e-5)
+    assert [greedy for _, greedy in scores[True]] == [greedy for _, greedy in scores[False]]
+
+
+@pytest.mark.parametrize(
+    ("ray_actor", "message"),
+    [
+        ({"num_gpu": 1}, r"unknown keys \['num_gpu'\]"),
+        ({"num_gpus": -1}, r"ray_actor.num_gpus must be a number >= 0"),
+        ({"resources": {"node_b": "one"}}, r"ray_actor.resources.node_b must be a number"),
+        ({"resources": 3}, r"ray_actor.resources must be a mapping"),
+        ("gpu", r"ray_actor must be a mapping"),
+    ],
+)
+def test_bad_actor_options_are_one_sentence_before_ray_starts(tiny_models, ray_actor, message):
+    with pytest.raises(ConfigError, match=message):
+        mixens.load_ensemble([spec(tiny_models["bpe_a"], "a", ray_actor=ray_actor)], "single")
+
+
+def test_an_actor_the_cluster_cannot_hold_is_refused_with_what_it_has(local_ray, tiny_models):
+    with pytest.raises(ConfigError, match=r"asks for \{'GPU': 1\} but the Ray cluster has \{'GPU': 0\}"):
+        mixens.load_ensemble([spec(tiny_models["bpe_a"], "a", ray_actor={"num_gpus": 1})], "single")
