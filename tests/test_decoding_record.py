@@ -91,7 +91,8 @@ def assert_same(now, then, where: str = "") -> None:
         for i, (a, b) in enumerate(zip(now, then)):
             assert_same(a, b, f"{where}[{i}]")
     elif isinstance(then, float):
-        assert now == pytest.approx(then, rel=1e-6, abs=1e-9), where
+        # float32 sums are ordered differently by different CPUs' kernels (AVX2, AVX-512): the last digits move
+        assert now == pytest.approx(then, rel=1e-4, abs=1e-7), where
     else:
         assert now == then, where
 
