@@ -96,3 +96,14 @@ def test_the_ray_overhead_study_runs_the_same_member_steps_both_ways():
     assert set(found) >= {"in_process_ms", "ray_actor_ms", "overhead_ms", "empty_call_ms"}
     assert found["overhead_ms"] == found["ray_actor_ms"] - found["in_process_ms"]
     assert min(found["in_process_ms"], found["ray_actor_ms"], found["empty_call_ms"]) > 0
+
+
+def test_the_ray_pool_study_compares_the_same_generation_both_ways(tiny_models):
+    from mixens.bench.ray_overhead import measure_pool
+
+    threads = torch.get_num_threads()
+    found = measure_pool([tiny_models["bpe_a"], tiny_models["sp_c"]], "mixture", batch=4, tokens=8)
+    assert torch.get_num_threads() == threads
+    assert found["same_texts"] and found["same_work"]
+    assert found["ids_sent_per_token"] > 0 and found["logit_values_returned_per_token"] >= 300  # sp_c: 300 ids
+    assert min(found["ms_per_token_in_process"], found["ms_per_token_ray_actors"]) > 0

@@ -1,12 +1,15 @@
 """What a member costs per decoding step when it runs as a Ray actor instead of in the decoding process.
 
-The design for members on other nodes: the drawn member samples where it runs, so a step sends token ids
-and gets token ids back. This measures exactly that step both ways on one machine, one member of a given
-shape (random weights, mixens.bench.members), a batch of rows decoding greedily with a key/value cache:
+Two measurements, each both ways on one machine, one torch thread per process:
 
     python -m mixens.bench.ray_overhead --size llama-20m --batch 4 --steps 64
+    python -m mixens.bench.ray_overhead --pool packaged:smollm2-135m-instruct packaged:gemma-3-270m
 
-It prints milliseconds per step in process, through a Ray actor, and for an empty actor call (the floor).
+The first is one member of a given shape (random weights, mixens.bench.members) decoding greedily with a
+key/value cache, token ids in and out of the actor: the floor of any actor design, with an empty actor
+call beside it. The second is a whole ensemble (mixens.ray_members: catch-up spans in, logits out) against
+the same members in process: the same seed and prompts, so the texts and the counted work must agree, and
+what differs is time and what crossed to and from the actors.
 """
 
 from __future__ import annotations
@@ -79,14 +82,71 @@ def measure(size: str, batch: int, steps: int, threads: int = 1, prompt_tokens: 
             "overhead_ms": as_actor - in_process, "empty_call_ms": empty_call}  # fmt: skip
 
 
+PROMPTS = [
+    "Question: A farmer has 12 cows and buys 7 more. How many cows does he have?\nAnswer:",
+    "Write one sentence about the sea.",
+    "Question: What is the capital of France?\nAnswer:",
+    "def fibonacci(n):",
+]
+
+
+def measure_pool(paths: list[str], strategy: str, batch: int, tokens: int, threads: int = 1) -> dict:
+    """The same sampled generation with the members in process and in Ray actors: time, work, traffic."""
+    import ray
+
+    import mixens
+
+    prompts = PROMPTS * max(1, batch // len(PROMPTS))
+    settings = dict(max_new_tokens=tokens, do_sample=True, temperature=1.0, top_k=20, seed=0, batch_size=batch)
+    runs = {}
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)  # as many as each actor gets, for this measurement only
+    ray.init(num_cpus=len(paths) + 1, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
+    try:
+        for where in ("in_process", "ray_actors"):
+            actor = {"ray_actor": {"num_cpus": 1}} if where == "ray_actors" else {}
+            ensemble = mixens.load_ensemble([{"path": p, "device": "cpu", **actor} for p in paths], strategy)
+            ensemble.generate(prompts[:1], **{**settings, "max_new_tokens": 2})  # first-call costs out of the timing
+            cpu, wall = time.process_time(), time.perf_counter()
+            result = ensemble.generate(prompts, **settings)
+            runs[where] = {"texts": result.texts, "members": result.stats.members,
+                           "wall_s": time.perf_counter() - wall, "driver_cpu_s": time.process_time() - cpu,
+                           "tokens": result.stats.tokens_generated, "vocab": [ensemble.vocab.member_size(i) for i in range(len(paths))]}  # fmt: skip
+            del ensemble  # its actors free their CPUs for the next run
+    finally:
+        torch.set_num_threads(before)
+        ray.shutdown()
+    here, there = runs["in_process"], runs["ray_actors"]
+    members = there["members"]
+    return {
+        "pool": paths, "strategy": strategy, "batch": batch, "new_tokens": tokens, "threads": threads,
+        "same_texts": here["texts"] == there["texts"],
+        "same_work": here["members"] == members,
+        "forward_passes": {name: s.forward_passes for name, s in members.items()},
+        "ms_per_token_in_process": 1000 * here["wall_s"] / here["tokens"],
+        "ms_per_token_ray_actors": 1000 * there["wall_s"] / there["tokens"],
+        "driver_cpu_s": {"in_process": here["driver_cpu_s"], "ray_actors": there["driver_cpu_s"]},
+        "ids_sent_per_token": sum(s.prompt_tokens + s.generated_tokens for s in members.values()) / there["tokens"],
+        "logit_values_returned_per_token": sum(s.row_passes * size for s, size in zip(members.values(), there["vocab"]))
+        / there["tokens"],
+    }  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m mixens.bench.ray_overhead", description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", default="llama-20m", choices=sorted(SHAPES))
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--steps", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1, help="torch threads, in process and in the actor")
+    parser.add_argument("--pool", nargs="+", help="model paths: measure this ensemble instead of one random member")
+    parser.add_argument("--strategy", default="mixture", help="with --pool: the strategy")
+    parser.add_argument("--tokens", type=int, default=64, help="with --pool: new tokens per prompt")
     options = parser.parse_args()
-    print(json.dumps(measure(options.size, options.batch, options.steps, options.threads), indent=2))
+    if options.pool:
+        found = measure_pool(options.pool, options.strategy, options.batch, options.tokens, options.threads)
+    else:
+        found = measure(options.size, options.batch, options.steps, options.threads)
+    print(json.dumps(found, indent=2))
 
 
 if __name__ == "__main__":
