@@ -85,6 +85,12 @@ class MemberCache:
         logits = _fit(out.logits[:, -1, :], self.logit_size)
         return (logits, out.hidden_states[-1][:, -1, :]) if hidden else logits
 
+    def begin_advance(self, targets: list[list[int]], active: list[bool], hidden: bool = False):
+        """`advance`, as a call that returns its result: computed here at once (a member in a Ray actor
+        starts it there and waits only when asked, so several actors work at the same time)."""
+        result = self.advance(targets, active, hidden)
+        return lambda: result
+
     def _record(self, chunks, targets, start: int, width: int) -> None:
         self.stats.forward_passes += 1
         self.stats.row_passes += sum(1 for chunk in chunks if chunk)

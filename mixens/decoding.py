@@ -246,13 +246,15 @@ class Decoder:
             if second_look:
                 routing = self.strategy.reroute(ctx, outputs, routing)
             routing[~ctx.active] = 0.0
+            started = []  # every routed member starts before any is waited for: members in Ray actors run at once
             for i, cache in enumerate(self.caches):
                 rows = (routing[:, i] > 0) & ~ran[:, i]
-                if not rows.any():
-                    continue
-                wants_hidden = self.strategy.wants_hidden(i)
-                result = cache.advance(self.transcript.target_ids(i), rows.tolist(), hidden=wants_hidden)
-                logits, state = result if wants_hidden else (result, None)
+                if rows.any():
+                    wants_hidden = self.strategy.wants_hidden(i)
+                    targets = self.transcript.target_ids(i)
+                    started.append((i, rows, wants_hidden, cache.begin_advance(targets, rows.tolist(), wants_hidden)))
+            for i, rows, wants_hidden, result in started:
+                logits, state = result() if wants_hidden else (result(), None)
                 # Rows this member did not run for hold meaningless logits: keep earlier ones, else zeros.
                 earlier = ran[:, i].to(logits.device)[:, None]
                 keep = rows.to(logits.device)[:, None]

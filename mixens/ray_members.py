@@ -106,8 +106,10 @@ class RemoteCache:
         actor.open.remote(self.key, prompt_lengths, pad_id, logit_size)  # ordered before this actor's next call
 
     def advance(self, targets: list[list[int]], active: list[bool], hidden: bool = False):
-        import ray
+        return self.begin_advance(targets, active, hidden)()
 
+    def begin_advance(self, targets: list[list[int]], active: list[bool], hidden: bool = False):
+        """Send the spans now; the returned call waits for the actor's logits (and hidden states)."""
         spans = []
         for b, (target, on) in enumerate(zip(targets, active)):
             if not on:
@@ -117,12 +119,19 @@ class RemoteCache:
             spans.append((keep, list(target[keep:])))
             self.ids_sent += len(target) - keep
             self.sent[b] = list(target)
-        picked, state, self.stats = ray.get(self.actor.advance.remote(self.key, spans, hidden))
+        pending = self.actor.advance.remote(self.key, spans, hidden)
         rows = torch.tensor([b for b, on in enumerate(active) if on], dtype=torch.long)
-        logits = picked.new_zeros(len(targets), picked.shape[-1]).index_copy_(0, rows, picked)
-        if not hidden:
-            return logits
-        return logits, state.new_zeros(len(targets), state.shape[-1]).index_copy_(0, rows, state)
+
+        def result():
+            import ray
+
+            picked, state, self.stats = ray.get(pending)
+            logits = picked.new_zeros(len(targets), picked.shape[-1]).index_copy_(0, rows, picked)
+            if not hidden:
+                return logits
+            return logits, state.new_zeros(len(targets), state.shape[-1]).index_copy_(0, rows, state)
+
+        return result
 
     def __del__(self):
         with contextlib.suppress(Exception):  # the actor or Ray may already be gone at exit
