@@ -312,7 +312,13 @@ def run_job(cfg: DictConfig, out_dir: Path, sweep_dir: Path | None) -> dict:
         tracker(cfg, config, out_dir, group) as logger,
         one_gpu_per_parallel_job(plan.specs, in_parallel_worker) as specs,
     ):
-        record = evaluate(cfg, out_dir, dataclasses.replace(plan, specs=specs))
+        try:
+            record = evaluate(cfg, out_dir, dataclasses.replace(plan, specs=specs))
+        except BaseException as err:
+            # Said before the tracker's run is finished: a stop or a hang there must not lose why the job
+            # ended (the caller writes it again, with the whole traceback, once everything is closed).
+            write_failure(out_dir, cfg, err)
+            raise
         if logger is not None:
             log_and_mark(logger, record, out_dir)
     return record

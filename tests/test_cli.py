@@ -454,6 +454,32 @@ def test_a_job_killed_mid_run_resumes_from_its_journal_with_the_texts_of_a_job_n
     assert not journal.exists()
 
 
+def test_why_a_job_stopped_is_written_before_its_tracker_run_is_finished(tmp_path, monkeypatch):
+    """A stop or a hang while the tracker's run finishes (wandb, on a slow or dying machine) must not lose
+    failed.json: it is written as the job's exception leaves the evaluation, before the tracker closes."""
+    from mixens import cli
+    from mixens.faults import Interrupted
+
+    seen_when_closing = []
+
+    @contextlib.contextmanager
+    def tracker(*args):
+        try:
+            yield object()
+        finally:
+            seen_when_closing.append((tmp_path / "failed.json").exists())
+
+    def evaluate(*args):
+        raise Interrupted(15)
+
+    monkeypatch.setattr(cli, "tracker", tracker)
+    monkeypatch.setattr(cli, "evaluate", evaluate)
+    with pytest.raises(Interrupted):
+        cli.run_job(composed("logger=wandb"), tmp_path, None)
+    assert seen_when_closing == [True]
+    assert json.loads((tmp_path / "failed.json").read_text())["interrupted"] is True
+
+
 def test_a_parallel_sweep_killed_hard_leaves_no_worker_behind_and_marks_its_jobs_interrupted(tiny_models, tmp_path):
     """kill -9 of a joblib sweep: its workers (models loaded, wandb beside them) stop within seconds instead of
     running on, and each unfinished job says it was interrupted, so skip_existing reruns it."""
