@@ -100,7 +100,6 @@ class RemoteCache:
     def __init__(self, actor, prompt_lengths: list[int], pad_id: int, logit_size: int):
         self.actor, self.key = actor, next(_cache_keys)
         self.sent: list[list[int]] = [[] for _ in prompt_lengths]  # the ids each row of the actor's cache holds
-        self.logit_size = logit_size
         self.stats = FeedStats()
         self.ids_sent = 0  # what crossed to the actor: the spans' token ids
         actor.open.remote(self.key, prompt_lengths, pad_id, logit_size)  # ordered before this actor's next call
@@ -148,8 +147,9 @@ def load_remote_member(spec: ModelSpec, index: int) -> RemoteMember:
     needed = {"CPU": options.get("num_cpus", 1), "GPU": options.get("num_gpus", 0), **(options.get("resources") or {})}
     total = ray.cluster_resources()
     if missing := {k: v for k, v in needed.items() if v and total.get(k, 0) < v}:
+        has = {k: total.get(k, 0) for k in missing}
         raise ConfigError(
-            f"models[{index}].ray_actor asks for {missing} but the Ray cluster has { ({k: total.get(k, 0) for k in missing}) }; "
+            f"models[{index}].ray_actor asks for {missing} but the Ray cluster has {has}; "
             "lower the request or join a larger cluster (RAY_ADDRESS)."
         )
     actor = ray.remote(**options)(MemberActor).remote(spec, index)
