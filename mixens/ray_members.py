@@ -83,12 +83,27 @@ class RemoteMember(Member):
     """A member whose weights and caches are in a Ray actor; tokenising and combining stay here."""
 
     def new_cache(self, prompt_lengths: list[int], pad_id: int, logit_size: int) -> RemoteCache:
-        return RemoteCache(self.model.actor, prompt_lengths, pad_id, logit_size)
+        return RemoteCache(self.name, self.model.actor, prompt_lengths, pad_id, logit_size)
 
     def continuation_logits(self, contexts, token_lists, group_of) -> torch.Tensor:
-        import ray
+        return answer(self.name, self.model.actor.continuation_logits.remote(contexts, token_lists, group_of))
 
-        return ray.get(self.model.actor.continuation_logits.remote(contexts, token_lists, group_of))
+
+class MemberLost(RuntimeError):
+    """A member's actor died (its node went away, or it ran out of memory) while the ensemble used it."""
+
+
+def answer(name: str, pending):
+    """The actor's answer, or MemberLost naming the member when its actor is gone."""
+    import ray
+
+    try:
+        return ray.get(pending)
+    except ray.exceptions.RayActorError as err:
+        raise MemberLost(
+            f"member {name}'s Ray actor is gone ({type(err).__name__}: {str(err).splitlines()[0]}); a run of "
+            "`python -m mixens` keeps its finished batches in its journal, so running it again resumes there."
+        ) from err
 
 
 _cache_keys = itertools.count()
@@ -97,8 +112,8 @@ _cache_keys = itertools.count()
 class RemoteCache:
     """MemberCache's interface for a cache kept in the member's actor: sends spans, receives logits."""
 
-    def __init__(self, actor, prompt_lengths: list[int], pad_id: int, logit_size: int):
-        self.actor, self.key = actor, next(_cache_keys)
+    def __init__(self, name: str, actor, prompt_lengths: list[int], pad_id: int, logit_size: int):
+        self.name, self.actor, self.key = name, actor, next(_cache_keys)
         self.sent: list[list[int]] = [[] for _ in prompt_lengths]  # the ids each row of the actor's cache holds
         self.stats = FeedStats()
         self.ids_sent = 0  # what crossed to the actor: the spans' token ids
@@ -122,9 +137,7 @@ class RemoteCache:
         rows = torch.tensor([b for b, on in enumerate(active) if on], dtype=torch.long)
 
         def result():
-            import ray
-
-            picked, state, self.stats = ray.get(pending)
+            picked, state, self.stats = answer(self.name, pending)
             logits = picked.new_zeros(len(targets), picked.shape[-1]).index_copy_(0, rows, picked)
             if not hidden:
                 return logits

@@ -10,7 +10,7 @@ from conftest import spec
 
 import mixens
 from mixens.errors import ConfigError
-from mixens.ray_members import RemoteCache, RemoteMember
+from mixens.ray_members import MemberLost, RemoteCache, RemoteMember
 
 PROMPTS = ["The capital of France is", "Question: what is 12 + 30?\nAnswer:", "Hi", "def add(a, b):"]
 
@@ -88,6 +88,13 @@ def test_likelihood_scores_match_members_in_this_process(local_ray, tiny_models)
         scores[remote] = lm.loglikelihood([Request(r) for r in requests], disable_tqdm=True)
     assert scores[True] == pytest.approx(scores[False], abs=1e-5)
     assert [greedy for _, greedy in scores[True]] == [greedy for _, greedy in scores[False]]
+
+
+def test_a_member_whose_actor_dies_is_named(local_ray, tiny_models):
+    ensemble = mixens.load_ensemble(pool(tiny_models, ("bpe_a", "bpe_b"), remote=True), "averaging")
+    ray.kill(ensemble.members[1].model.actor)
+    with pytest.raises(MemberLost, match=r"member bpe_b's Ray actor is gone .*resumes there"):
+        ensemble.generate(PROMPTS, max_new_tokens=4, do_sample=False)
 
 
 @pytest.mark.parametrize(
