@@ -118,8 +118,6 @@ def validate_ray_actor(spec: ModelSpec, index: int) -> None:
     for key, value in amounts.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
             raise ConfigError(f"{where}.{key} must be a number >= 0, got {value!r}.")
-    if spec.path == IN_MEMORY:
-        raise ConfigError(f"models[{index}] is a model in this process's memory; it cannot move to a Ray actor.")
 
 
 DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
