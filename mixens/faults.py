@@ -30,6 +30,21 @@ def stop_on_signals() -> None:
     """SIGTERM (a scheduler's time limit) and SIGINT (Ctrl-C) raise Interrupted in the job."""
     for stop in (signal.SIGTERM, signal.SIGINT):
         signal.signal(stop, _interrupt)
+    if not isinstance(sys.unraisablehook, _QuietAboutStops):
+        sys.unraisablehook = _QuietAboutStops(sys.unraisablehook)
+
+
+class _QuietAboutStops:
+    """Python prints "Exception ignored in ..." with a traceback for an exception raised in a finalizer. An
+    Interrupted dropped there is not lost (raise_if_stopped raises it again at the next step), so it is
+    not printed; anything else goes to the hook that was there before."""
+
+    def __init__(self, before):
+        self.before = before
+
+    def __call__(self, unraisable) -> None:
+        if not isinstance(unraisable.exc_value, Interrupted):
+            self.before(unraisable)
 
 
 _stop_signal: int | None = None  # the signal that asked this process to stop, once one has

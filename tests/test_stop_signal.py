@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import os
 import signal
+import sys
 
 import pytest
 from conftest import spec
@@ -15,11 +16,14 @@ from mixens import faults
 
 @pytest.fixture
 def stop_handlers(monkeypatch):
-    """mixens' stop handlers for one test; the process's own handlers and state come back after it."""
+    """mixens' stop handlers for one test, over a hook that records what Python would print as "Exception
+    ignored"; the process's own handlers, hook and state come back after it."""
     before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     monkeypatch.setattr(faults, "_stop_signal", None)
+    reported = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: reported.append(unraisable.exc_value))
     faults.stop_on_signals()
-    yield
+    yield reported
     for stop, handler in before.items():
         signal.signal(stop, handler)
 
@@ -31,15 +35,26 @@ class SignalledWhileFinalized:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the dropped exception, expected
 def test_a_stop_dropped_in_a_finalizer_is_raised_at_the_next_decoding_step(tiny_models, stop_handlers):
     ensemble = mixens.load_ensemble([spec(tiny_models["bpe_a"], "a"), spec(tiny_models["bpe_b"], "b")], "mixture")
     assert ensemble.generate(["Hi"], max_new_tokens=2, do_sample=False).texts  # runs while no stop was asked
 
     SignalledWhileFinalized()  # dropped at once: __del__ runs here and swallows the Interrupted
     gc.collect()
+    assert stop_handlers == []  # not printed as "Exception ignored ... Traceback": it is not lost
     with pytest.raises(faults.Interrupted, match="SIGTERM"):
         ensemble.generate(["Hi"], max_new_tokens=2, do_sample=False)
+
+
+class FailingWhileFinalized:
+    def __del__(self):
+        raise ValueError("a finalizer's own error")
+
+
+def test_other_errors_in_finalizers_are_still_reported(stop_handlers):
+    FailingWhileFinalized()
+    gc.collect()
+    assert [type(e) for e in stop_handlers] == [ValueError]
 
 
 def test_without_a_stop_the_check_passes(stop_handlers):
