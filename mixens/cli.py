@@ -102,7 +102,8 @@ def evaluate(cfg: DictConfig, out_dir: Path, plan: RunPlan) -> dict:
         manager = task_manager_for(tasks)
         check_datasets(tasks, manager, mirror)
     # batch_size=auto is found by the lm-eval model below, on the loaded members
-    ensemble = load_validated(plan.specs, plan.strategy, batch_size=1 if cfg.batch_size == "auto" else cfg.batch_size)
+    first_batch = 1 if cfg.batch_size == "auto" else cfg.batch_size
+    ensemble = load_validated(plan.specs, plan.strategy, first_batch, engine=plan.engine, vllm=plan.vllm)
     evaluations, batch_size = [], cfg.batch_size
     for label, each in compared_ensembles(ensemble, list(cfg.compare)):
         if cfg.compare:
@@ -157,11 +158,10 @@ def save_lm_eval_files(tracker, name: str, results: dict) -> None:
 def open_journal(cfg: DictConfig, out_dir: Path, label: str):
     """The journal of one evaluation of the job: batches finished by an earlier attempt in this folder
     are taken from it, so a job rerun after a crash or a kill redoes only the rest."""
-    from mixens.config import RESULT_NEUTRAL_KEYS
+    from mixens.config import result_defining
     from mixens.journal import RequestJournal
 
-    config = OmegaConf.to_container(cfg, resolve=True)
-    identity = {"label": label, **{k: v for k, v in config.items() if k not in RESULT_NEUTRAL_KEYS}}
+    identity = {"label": label, **result_defining(OmegaConf.to_container(cfg, resolve=True))}
     journal = RequestJournal(out_dir / JOURNAL_FOLDER / f"{label}.sqlite", identity)
     if finished := journal.finished_batches():
         print(f"mixens: resuming {label}: {finished} finished batches come from {journal.path}", file=sys.stderr)

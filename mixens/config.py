@@ -24,6 +24,8 @@ from mixens.errors import ConfigError
 from mixens.sampling import Sampling
 from mixens.spec import ModelSpec, validate_members
 from mixens.strategies import Strategy, build_strategy
+from mixens.vllm_decoding import check_sampling
+from mixens.vllm_engine import VllmOptions, check_engine
 
 
 @dataclass
@@ -76,6 +78,17 @@ class LoggerConfig:
 
 
 @dataclass
+class VllmConfig:
+    """vLLM's engine options for each member (mixens.vllm_engine.VllmOptions), read when engine=vllm."""
+
+    enforce_eager: bool = False
+    max_model_len: Optional[int] = None
+    kv_cache_gib: Optional[float] = None
+    gpu_memory_utilization: Optional[float] = None
+    tensor_parallel_size: int = 1
+
+
+@dataclass
 class RunConfig:
     # name -> {name, path, weight, dtype, device, revision, chat_template, trust_remote_code, licence};
     # untyped here so a model can be added from the command line, checked by ModelSpec instead.
@@ -92,6 +105,10 @@ class RunConfig:
     # comparison table: "members" (each model alone) or any strategy with its default options.
     compare: list[str] = field(default_factory=list)
     skip_existing: bool = False  # a sweep job whose config already has results in the sweep folder is skipped
+    # Where the members run: "transformers" (in this process) or "vllm" (one vLLM engine per member, in the
+    # environment `make vllm-setup` builds), with vLLM's engine options.
+    engine: str = "transformers"
+    vllm: VllmConfig = field(default_factory=VllmConfig)
 
 
 # How a run is tracked, or whether it may be skipped, does not change its results.
@@ -108,10 +125,19 @@ def job_key(*, _root_: DictConfig) -> str:
     """Eight hex digits naming a run's config: a sweep job's folder, stable when the sweep is run again."""
     values = {}
     for key in _root_:
-        if key not in RESULT_NEUTRAL_KEYS:
-            node = _root_[key]
-            values[key] = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
-    return hashlib.sha1(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:8]
+        node = _root_[key]
+        values[key] = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+    return hashlib.sha1(json.dumps(result_defining(values), sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def result_defining(config: dict) -> dict:
+    """The part of a run's config its results depend on. Runs on the default engine keep the keys (and match
+    the results files) they had before there was a choice of engine."""
+    kept = {k: v for k, v in config.items() if k not in RESULT_NEUTRAL_KEYS}
+    if kept.get("engine", "transformers") == "transformers":
+        kept.pop("engine", None)
+        kept.pop("vllm", None)
+    return kept
 
 
 @dataclass
@@ -121,6 +147,8 @@ class RunPlan:
 
     specs: list[ModelSpec]
     strategy: Strategy
+    engine: str = "transformers"
+    vllm: VllmOptions | None = None
 
 
 def model_specs(cfg: DictConfig) -> list[ModelSpec]:
@@ -172,7 +200,19 @@ def validate_run(cfg: DictConfig) -> RunPlan:
     if cfg.seed < 0:
         raise ConfigError(f"seed must be >= 0, got {cfg.seed}.")
     check_generation(bench)
-    return RunPlan(specs, strategy)
+    check_engine(cfg.engine, strategy.name, specs, in_memory=False)
+    vllm = None
+    if cfg.engine == "vllm":
+        vllm = VllmOptions.from_mapping(OmegaConf.to_container(cfg.vllm))
+        if cfg.batch_size == "auto":
+            raise ConfigError(
+                "batch_size=auto sizes batches for transformers; on engine=vllm give a number of prompts."
+            )
+        if bench.log_tokens:
+            raise ConfigError("benchmark.log_tokens is kept on engine=transformers only; set it false on engine=vllm.")
+        if bench.do_sample is not None or bench.top_k is not None:  # else the tasks' own settings, checked per task
+            check_sampling(strategy.name, generation_sampling(bench))
+    return RunPlan(specs, strategy, cfg.engine, vllm)
 
 
 def absolute_if_local(path: str) -> str:
@@ -184,14 +224,18 @@ def absolute_if_local(path: str) -> str:
 def check_generation(bench: DictConfig) -> None:
     """The benchmark's generation overrides, checked as the decoder checks them, before any model loads."""
     try:
-        Sampling(
-            do_sample=bool(bench.do_sample),
-            temperature=1.0 if bench.temperature is None else bench.temperature,
-            top_k=bench.top_k or 0,
-            top_p=1.0 if bench.top_p is None else bench.top_p,
-        )
+        generation_sampling(bench)
     except ConfigError as err:
         raise ConfigError(f"benchmark.{err}") from None
+
+
+def generation_sampling(bench: DictConfig) -> Sampling:
+    return Sampling(
+        do_sample=bool(bench.do_sample),
+        temperature=1.0 if bench.temperature is None else bench.temperature,
+        top_k=bench.top_k or 0,
+        top_p=1.0 if bench.top_p is None else bench.top_p,
+    )
 
 
 def generation_overrides(bench: DictConfig) -> dict:

@@ -17,7 +17,7 @@ from mixens.errors import ConfigError
 from mixens.members import Member, context_length
 from mixens.sampling import Sampling, transformed_probs
 from mixens.strategies import MemberOutputs, StepContext
-from mixens.transcript import make_transcript
+from mixens.transcript import Transcript, make_transcript
 from mixens.vocab import SharedVocab, UnionVocab
 
 if TYPE_CHECKING:
@@ -182,11 +182,7 @@ class Decoder:
         self._clock = _StepClock(len(prompts))
         self.members, self.vocab, self.strategy = ensemble.members, ensemble.vocab, ensemble.strategy
         self.sampling = sampling
-        rendered = [[m.render_prompt(p) for p in prompts] for m in self.members]
-        keep = [_prompt_budget(m, room) for m in self.members]
-        self.transcript = make_transcript(self.vocab, [m.tokenizer for m in self.members], rendered, until, keep)
-        _warn_if_truncated(self.members, self.transcript, keep)
-        _refuse_empty_prompts(self.members, self.transcript)
+        self.transcript = prepare_transcript(ensemble, prompts, until, room)
         self._stop_columns = _StopColumns.build(self.transcript, self.vocab, self.members)
         self.caches = [
             m.new_cache(self.transcript.prompt_lengths(i), _pad_id(m), self.vocab.member_size(i))
@@ -264,6 +260,18 @@ class Decoder:
                     hidden[i] = _merge_rows(state, keep, hidden.get(i), earlier)
                 ran[:, i] |= rows
         return outputs, routing
+
+
+def prepare_transcript(ensemble: Ensemble, prompts: list, until: list[tuple[str, ...]], room: int) -> Transcript:
+    """The batch's shared state before its first token: each member's rendered prompt, cut to leave `room`
+    tokens in its context (with a warning), as the member's ids."""
+    members = ensemble.members
+    rendered = [[m.render_prompt(p) for p in prompts] for m in members]
+    keep = [_prompt_budget(m, room) for m in members]
+    transcript = make_transcript(ensemble.vocab, [m.tokenizer for m in members], rendered, until, keep)
+    _warn_if_truncated(members, transcript, keep)
+    _refuse_empty_prompts(members, transcript)
+    return transcript
 
 
 class _StepClock:

@@ -19,6 +19,7 @@ from mixens.sampling import Sampling, check_decoding_budget, pick
 from mixens.spec import ModelSpec, normalized_weights, validate_members
 from mixens.strategies import Strategy, build_strategy
 from mixens.token_record import TokenRecord, TokenRecorder
+from mixens.vllm_engine import VllmOptions, check_engine
 from mixens.vocab import build_alignment
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,14 @@ class Ensemble:
         raw = [m.spec.weight for m in members] if weights is None else list(weights)
         self.weights = tuple(normalized_weights(raw, [m.name for m in members]))
         strategy.check_members(members, self.weights)
+        engines = sorted({m.engine_name for m in members})
+        if len(engines) > 1:
+            raise ConfigError(f"members run on engines {engines}; an ensemble runs all its members on one engine.")
+        self.engine = engines[0]
+        if self.engine == "vllm":
+            from mixens.vllm_engine import check_strategy
+
+            check_strategy(strategy.name)
         self.vocab = vocab or build_alignment([m.tokenizer for m in members], [set(m.eos_ids) for m in members])
 
     def with_strategy(self, strategy: str | Strategy, **options) -> Ensemble:
@@ -147,6 +156,12 @@ class Ensemble:
     ) -> tuple[list[str], GenerationStats]:
         """One prepared batch, generated as it is given (no checks, no batching): for callers that did both.
         `finished(n)` is told as rows finish (a progress bar's update), so progress shows within a batch."""
+        if self.engine == "vllm":
+            if recorder is not None:
+                raise ConfigError("token records (return_tokens, record_tokens) are kept on engine=transformers only.")
+            from mixens import vllm_decoding
+
+            return vllm_decoding.decode(self, prompts, until, sampling, max_new_tokens, seed, batch_index, finished)
         decoder = Decoder(self, prompts, until, sampling, seed, batch_index, room=max_new_tokens)
         rng = torch.Generator(device=decoder.home).manual_seed(stream_seed(seed, SAMPLING_STREAM, batch_index))
         told = 0
@@ -196,6 +211,8 @@ def load_ensemble(
     strategy: str | Strategy = "mixture",
     *,
     batch_size: int = 8,
+    engine: str = "transformers",
+    vllm: Mapping | None = None,
     **strategy_options,
 ) -> Ensemble:
     """Validate everything, then load the members and build the ensemble.
@@ -205,6 +222,8 @@ def load_ensemble(
     `strategy` is a name with its options as keywords (members by name: `member` for single, `draw` for
     mixture, `union_top_k` for averaging_topk_union, the router's in strategies/router.py), or a strategy
     already built by `mixens.strategies.build_strategy`.
+    `engine`: "transformers" (default) or "vllm" (mixens.vllm_engine; its own environment), with `vllm` the
+    engine options (mixens.vllm_engine.VllmOptions).
     """
     given = {i: (raw["model"], raw["tokenizer"]) for i, raw in enumerate(models) if _in_memory(raw)}
     specs = [in_memory_spec(raw, i) if i in given else ModelSpec.from_mapping(raw, i) for i, raw in enumerate(models)]
@@ -215,11 +234,17 @@ def load_ensemble(
         strategy = build_strategy(strategy, [s.name for s in specs], strategy_options)
     elif strategy_options:
         raise ConfigError(f"options {sorted(strategy_options)} go with a strategy name, not a built strategy.")
-    return load_validated(specs, strategy, batch_size, given)
+    check_engine(engine, strategy.name, specs, bool(given))
+    return load_validated(specs, strategy, batch_size, given, engine, VllmOptions.from_mapping(vllm))
 
 
 def load_validated(
-    specs: Sequence[ModelSpec], strategy: Strategy, batch_size: int = 8, given: Mapping[int, tuple] | None = None
+    specs: Sequence[ModelSpec],
+    strategy: Strategy,
+    batch_size: int = 8,
+    given: Mapping[int, tuple] | None = None,
+    engine: str = "transformers",
+    vllm: VllmOptions | None = None,
 ) -> Ensemble:
     """Load members that were already validated (load_ensemble, or a run's plan) under a built strategy;
     `given` holds the (model, tokenizer) of members already in memory, by index. A strategy that runs fewer
@@ -232,7 +257,12 @@ def load_validated(
     for i, spec in enumerate(specs):  # a hub that does not answer fails before any weights load
         if i not in given:
             hub_access(spec, i)
-    members = [in_memory_member(spec, *given[i]) if i in given else _load(spec, i) for i, spec in enumerate(specs)]
+    if engine == "vllm":
+        from mixens.vllm_engine import load_vllm_member
+
+        members = [load_vllm_member(spec, i, vllm or VllmOptions(), len(specs)) for i, spec in enumerate(specs)]
+    else:
+        members = [in_memory_member(spec, *given[i]) if i in given else _load(spec, i) for i, spec in enumerate(specs)]
     ensemble = Ensemble(members, strategy, batch_size=batch_size)
     vocab = ensemble.vocab
     log.info(

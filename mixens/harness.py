@@ -19,6 +19,9 @@ model_args: lm-eval splits them at ',' and '='; a list is written with '|':
                      member wrap each prompt in its own tokenizer's chat template
   strategy           mixture | averaging | averaging_topk_union | single | router (default mixture)
   seed, max_gen_toks, max_length, batch_size
+  engine             transformers (default) | vllm: each member on a vLLM engine (its own environment: make
+                     vllm-setup); vLLM's engine options as vllm_<option>: vllm_enforce_eager, vllm_max_model_len,
+                     vllm_kv_cache_gib, vllm_gpu_memory_utilization, vllm_tensor_parallel_size
   any other key      an option of the chosen strategy, as in mixens/conf/ensemble/<strategy>.yaml: member
                      (single), draw (mixture), union_top_k (averaging_topk_union), policy, designated,
                      threshold, ... (router); members by name. The strategy refuses keys it lacks.
@@ -70,7 +73,9 @@ HF_MODEL_ARGS = ("backend", "subfolder", "tokenizer", "truncation", "logits_cach
                  "max_memory_per_gpu", "max_cpu_memory", "offload_folder", "tp_plan", "peft", "delta", "autogptq",
                  "gptqmodel", "gguf_file", "think_end_token", "enable_thinking", "chat_template_args")  # fmt: skip
 MIXENS_MODEL_ARGS = ("models", "weights", "names", "dtype", "device", "device_map", "revision", "chat_template", "trust_remote_code",
-                     "strategy", "batch_size", "max_batch_size", "seed", "max_gen_toks", "max_length")  # fmt: skip
+                     "strategy", "batch_size", "max_batch_size", "seed", "max_gen_toks", "max_length", "engine",
+                     "vllm_<option>")  # fmt: skip
+VLLM_PREFIX = "vllm_"  # model_args vllm_enforce_eager=true: the option enforce_eager of mixens.vllm_engine.VllmOptions
 SCORE_SLICE = 512  # likelihood requests scored (and journaled) together: a few minutes of work at most
 GEN_KWARGS = ("until", *MAX_TOKEN_KEYS, "do_sample", "temperature", "top_k", "top_p")
 
@@ -96,6 +101,7 @@ class EnsembleLM(LM):
         seed: int = 0,
         max_gen_toks: int = 256,
         max_length: int | None = None,
+        engine: str | None = None,
         journal: RequestJournal | None = None,
         record_tokens: bool = False,
         **strategy_options,
@@ -118,6 +124,9 @@ class EnsembleLM(LM):
         batch_size = _batch_size(batch_size)
         auto = batch_size == AUTO
         batch_size = None if auto else batch_size
+        vllm = {
+            k[len(VLLM_PREFIX) :]: strategy_options.pop(k) for k in list(strategy_options) if k.startswith(VLLM_PREFIX)
+        }
         per_member = {"weights": weights, "names": names, "dtype": dtype, "device": device, "device_map": device_map,
                       "revision": revision, "chat_template": chat_template,
                       "trust_remote_code": trust_remote_code}  # fmt: skip
@@ -127,11 +136,19 @@ class EnsembleLM(LM):
             for spec in specs:
                 if "device_map" not in spec and (device := self.replicas.device_for(spec.get("device"))):
                     spec["device"] = device
+            if auto and engine == "vllm":
+                raise ConfigError("batch_size=auto sizes batches for transformers; on engine=vllm give a number.")
             ensemble = load_ensemble(
-                specs, strategy or "mixture", batch_size=batch_size or DEFAULT_BATCH_SIZE, **strategy_options
+                specs,
+                strategy or "mixture",
+                batch_size=batch_size or DEFAULT_BATCH_SIZE,
+                engine=engine or "transformers",
+                vllm=vllm,
+                **strategy_options,
             )
         else:
-            loading = {"models": models, "strategy": strategy, **per_member, **strategy_options}
+            loading = {"models": models, "strategy": strategy, "engine": engine, **per_member, **strategy_options}
+            loading.update({VLLM_PREFIX + k: v for k, v in vllm.items()})
             if given := sorted(k for k, v in loading.items() if v is not None):
                 raise ConfigError(f"{given} configure loading models; with ensemble= (already loaded) leave them out.")
         if not isinstance(max_gen_toks, int) or max_gen_toks < 1:

@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 class Member:
     """A loaded model with its tokenizer and its stop tokens (its weight belongs to the ensemble)."""
 
+    engine_name = "transformers"  # what runs the model (mixens.vllm_engine.VllmMember: "vllm")
     spec: ModelSpec
     model: torch.nn.Module
     tokenizer: object

@@ -76,9 +76,9 @@ def write_results(folder: Path, record: dict) -> Path:
 
 def find_existing(folder: Path, config: dict) -> Path | None:
     """A results.json in `folder` or its job folders written by a run of the same config."""
-    from mixens.config import RESULT_NEUTRAL_KEYS
+    from mixens.config import result_defining
 
-    wanted = {k: v for k, v in config.items() if k not in RESULT_NEUTRAL_KEYS}
+    wanted = result_defining(config)
     for path in sorted([folder / "results.json", *folder.glob("*/results.json")]):
         if not path.is_file():
             continue
@@ -86,7 +86,7 @@ def find_existing(folder: Path, config: dict) -> Path | None:
             found = json.loads(path.read_text())["config"]
         except (OSError, ValueError, KeyError):
             continue  # not a complete mixens results file
-        if {k: v for k, v in found.items() if k not in RESULT_NEUTRAL_KEYS} == wanted:
+        if result_defining(found) == wanted:
             return path
     return None
 

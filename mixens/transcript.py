@@ -34,22 +34,30 @@ class Transcript:
     def target_ids(self, member: int) -> list[list[int]]:
         raise NotImplementedError
 
+    def row_target_ids(self, member: int, b: int) -> list[int]:
+        """target_ids(member)[b], for one row."""
+        raise NotImplementedError
+
     def prompt_lengths(self, member: int) -> list[int]:
         raise NotImplementedError
 
     def append(self, tokens: list[int]) -> None:
         for b, token in enumerate(tokens):
-            if self.done[b]:
-                continue
-            if self._is_eos(token):
-                self.done[b] = True
-                continue
-            if token in self._stop_tokens[b]:  # a special token whose text is a stop string
-                self.stopped_text[b] = self._text_so_far(b)
-                self.done[b] = True
-                continue
-            self._add(b, token)
-            self._check_stops(b)
+            self.append_to_row(b, token)
+
+    def append_to_row(self, b: int, token: int) -> None:
+        """One token (in the ensemble's id space) for row b; ignored once the row is done."""
+        if self.done[b]:
+            return
+        if self._is_eos(token):
+            self.done[b] = True
+            return
+        if token in self._stop_tokens[b]:  # a special token whose text is a stop string
+            self.stopped_text[b] = self._text_so_far(b)
+            self.done[b] = True
+            return
+        self._add(b, token)
+        self._check_stops(b)
 
     def texts(self) -> list[str]:
         return [cut if cut is not None else self._final_text(b) for b, cut in enumerate(self.stopped_text)]
@@ -99,6 +107,9 @@ class TokenTranscript(Transcript):
     def target_ids(self, member: int) -> list[list[int]]:
         return [p + g for p, g in zip(self.prompt_ids[member], self.generated)]
 
+    def row_target_ids(self, member: int, b: int) -> list[int]:
+        return self.prompt_ids[member][b] + self.generated[b]
+
     def prompt_lengths(self, member: int) -> list[int]:
         return [len(p) for p in self.prompt_ids[member]]
 
@@ -136,6 +147,10 @@ class TextTranscript(Transcript):
     def target_ids(self, member: int) -> list[list[int]]:
         encoded = self.codecs[member].encode(self.prompts[member], self.generated)
         return [ids[cut:] for ids, cut in zip(encoded, self._cut[member])]
+
+    def row_target_ids(self, member: int, b: int) -> list[int]:
+        [encoded] = self.codecs[member].encode([self.prompts[member][b]], [self.generated[b]])
+        return encoded[self._cut[member][b] :]
 
     def prompt_lengths(self, member: int) -> list[int]:
         return [n - cut for n, cut in zip(self.full_prompt_lengths[member], self._cut[member])]

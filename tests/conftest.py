@@ -86,9 +86,10 @@ def _sentencepiece_style(vocab_size: int = 300):
     )
 
 
-def build_tiny_model(folder: Path, tokenizer, seed: int, logit_scale: float = 6.0) -> Path:
+def build_tiny_model(folder: Path, tokenizer, seed: int, logit_scale: float = 6.0, head_dim: int = 16) -> Path:
     """A 2-layer Llama with random weights whose next-token distributions are peaked, not uniform,
-    so that differences between members (and strategies) are visible in a few thousand draws."""
+    so that differences between members (and strategies) are visible in a few thousand draws. (vLLM's CPU
+    attention needs head_dim >= 32.)"""
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
@@ -100,6 +101,7 @@ def build_tiny_model(folder: Path, tokenizer, seed: int, logit_scale: float = 6.
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
+        head_dim=head_dim,
         max_position_embeddings=1024,
         tie_word_embeddings=False,
         bos_token_id=tokenizer.bos_token_id,
