@@ -200,7 +200,6 @@ def validate_run(cfg: DictConfig) -> RunPlan:
     if cfg.seed < 0:
         raise ConfigError(f"seed must be >= 0, got {cfg.seed}.")
     check_generation(bench)
-    check_engine(cfg.engine, strategy.name, specs, in_memory=False)
     vllm = None
     if cfg.engine == "vllm":
         vllm = VllmOptions.from_mapping(OmegaConf.to_container(cfg.vllm))
@@ -212,6 +211,7 @@ def validate_run(cfg: DictConfig) -> RunPlan:
             raise ConfigError("benchmark.log_tokens is kept on engine=transformers only; set it false on engine=vllm.")
         if bench.do_sample is not None or bench.top_k is not None:  # else the tasks' own settings, checked per task
             check_sampling(strategy.name, generation_sampling(bench))
+    check_engine(cfg.engine, strategy.name, specs, in_memory=False)  # last: it imports vLLM
     return RunPlan(specs, strategy, cfg.engine, vllm)
 
 

@@ -234,8 +234,9 @@ def load_ensemble(
         strategy = build_strategy(strategy, [s.name for s in specs], strategy_options)
     elif strategy_options:
         raise ConfigError(f"options {sorted(strategy_options)} go with a strategy name, not a built strategy.")
+    options = VllmOptions.from_mapping(vllm)
     check_engine(engine, strategy.name, specs, bool(given))
-    return load_validated(specs, strategy, batch_size, given, engine, VllmOptions.from_mapping(vllm))
+    return load_validated(specs, strategy, batch_size, given, engine, options)
 
 
 def load_validated(

@@ -373,6 +373,22 @@ def test_a_config_holds_only_its_strategys_options_and_its_job_key_only_what_it_
     assert key_and_ensemble(CONF_DIR, "ensemble=mixture", "ensemble.options.draw=sequence")[0] != key
 
 
+def test_the_engine_is_in_the_job_key_only_when_it_is_not_the_default():
+    """A run on transformers keeps the key (and matches the results files) it had before the engine was a
+    choice; a run on vLLM is another job, and so is one with other vLLM options."""
+    from mixens.config import job_key, result_defining
+
+    def key(*overrides):
+        return job_key(_root_=composed(*overrides))
+
+    legacy = OmegaConf.to_container(composed(), resolve=False)
+    del legacy["engine"], legacy["vllm"]
+    assert result_defining(OmegaConf.to_container(composed(), resolve=False)) == result_defining(legacy)
+    assert key("vllm.enforce_eager=true") == key()  # vLLM's options do not count on transformers
+    assert key("engine=vllm") != key()
+    assert key("engine=vllm", "vllm.enforce_eager=true") != key("engine=vllm")
+
+
 def test_a_strategy_option_it_does_not_have_is_one_clear_error():
     with pytest.raises(ConfigError, match=r"strategy 'averaging' has no option \['threshold'\]"):
         validate_run(composed("ensemble=averaging", "+ensemble.options.threshold=0.3"))
