@@ -86,6 +86,7 @@ class VllmConfig:
     kv_cache_gib: Optional[float] = None
     gpu_memory_utilization: Optional[float] = None
     tensor_parallel_size: int = 1
+    block_size: Optional[int] = None
 
 
 @dataclass

@@ -118,19 +118,29 @@ class _Batch:
 
     def average_by_steps(self) -> None:
         generator = torch.Generator().manual_seed(stream_seed(self.seed, SAMPLING_STREAM, self.batch_index))
-        width = self.vocab.size + 1  # a dump column for ids the ensemble never draws (kept out by logit bias)
         for _ in range(self.max_new_tokens):
             raise_if_stopped()
             active = [b for b in range(self.rows) if self._writing(b)]
             if not active:
                 break
-            mixed = torch.zeros(len(active), width, dtype=torch.float64)
+            # Each row's mixture lives on the few tokens some member's top-k holds: drawn among those alone.
+            mixed: list[dict[int, float]] = [defaultdict(float) for _ in active]
             for member, weight in enumerate(self.ensemble.weights):
                 outputs = self._request(member, active, [1] * len(active), logprobs=self.sampling.top_k)
                 for row, (b, output) in enumerate(zip(active, outputs)):
                     for token, logprob in output.outputs[0].logprobs[0].items():
-                        mixed[row, self._to_ensemble(member, b, token)] += weight * math.exp(logprob.logprob)
-            picked = draw(mixed[:, : self.vocab.size], generator).tolist()
+                        mixed[row][self._to_ensemble(member, b, token)] += weight * math.exp(logprob.logprob)
+            for b, row in zip(active, mixed):
+                row.pop(self.vocab.size, None)  # ids the ensemble never draws (kept out by logit bias)
+                if not any(row.values()):
+                    raise RuntimeError(f"row {b}: every member's top-{self.sampling.top_k} holds no drawable token")
+            width = max(len(row) for row in mixed)
+            candidates = torch.zeros(len(active), width, dtype=torch.long)
+            masses = torch.zeros(len(active), width, dtype=torch.float64)
+            for row, found in enumerate(mixed):
+                candidates[row, : len(found)] = torch.tensor(list(found))
+                masses[row, : len(found)] = torch.tensor(list(found.values()))
+            picked = candidates.gather(1, draw(masses, generator)[:, None]).flatten().tolist()
             for b, token in zip(active, picked):
                 self.transcript.append_to_row(b, token)
                 self.written[b] += 1

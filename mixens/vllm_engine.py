@@ -24,6 +24,7 @@ ENGINES = ("transformers", "vllm")
 # vLLM samples each member by itself and returns at most top-k log-probabilities: strategies that need every
 # member's whole distribution (or hidden state) at every step run on transformers.
 VLLM_STRATEGIES = ("single", "mixture", "averaging")
+CPU_BLOCK_SIZE = 32
 SETUP_HINT = "run `make vllm-setup` and use .venv-vllm/bin/python (vLLM needs its own environment)"
 
 
@@ -37,6 +38,9 @@ class VllmOptions:
     kv_cache_gib: float | None = None  # KV cache per member; None: vLLM's default (most of the free memory)
     gpu_memory_utilization: float | None = None  # per member on a GPU; None: 0.9 shared by the members
     tensor_parallel_size: int = 1  # GPUs per member
+    # Tokens per KV block. The prefix cache keeps whole blocks only, and a member's next turn re-reads the text:
+    # None takes 32 on a CPU (its smallest; vLLM's CPU default is 128) and vLLM's default on a GPU.
+    block_size: int | None = None
 
     @classmethod
     def from_mapping(cls, raw: Mapping | None) -> VllmOptions:
@@ -48,7 +52,7 @@ class VllmOptions:
         if unknown := sorted(set(raw) - set(known)):
             raise ConfigError(f"vllm options {unknown} are unknown; the options are {known}.")
         options = cls(**raw)
-        for name in ("max_model_len", "tensor_parallel_size"):
+        for name in ("max_model_len", "tensor_parallel_size", "block_size"):
             value = getattr(options, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ConfigError(f"vllm.{name} must be an integer >= 1, got {value!r}.")
@@ -177,6 +181,8 @@ def load_vllm_member(spec: ModelSpec, index: int, options: VllmOptions, members_
         engine_args["kv_cache_memory_bytes"] = int(options.kv_cache_gib * 2**30)
     if device.type == "cuda":
         engine_args["gpu_memory_utilization"] = options.gpu_memory_utilization or 0.9 / members_in_engine
+    if options.block_size is not None or device.type == "cpu":
+        engine_args["block_size"] = options.block_size or CPU_BLOCK_SIZE
     log.info("starting a vLLM engine for %s from %s (%s, %s)", spec.name, source, dtype, device)
     engine = LLM(**engine_args)
     max_model_len = engine.llm_engine.model_config.max_model_len
