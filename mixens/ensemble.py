@@ -19,7 +19,7 @@ from mixens.sampling import Sampling, check_decoding_budget, pick
 from mixens.spec import ModelSpec, normalized_weights, validate_members
 from mixens.strategies import Strategy, build_strategy
 from mixens.token_record import TokenRecord, TokenRecorder
-from mixens.vllm_engine import VllmOptions, check_engine
+from mixens.vllm_engine import VllmOptions, check_engine, check_strategy, load_vllm_member
 from mixens.vocab import build_alignment
 
 log = logging.getLogger(__name__)
@@ -58,8 +58,6 @@ class Ensemble:
             raise ConfigError(f"members run on engines {engines}; an ensemble runs all its members on one engine.")
         self.engine = engines[0]
         if self.engine == "vllm":
-            from mixens.vllm_engine import check_strategy
-
             check_strategy(strategy.name)
         self.vocab = vocab or build_alignment([m.tokenizer for m in members], [set(m.eos_ids) for m in members])
 
@@ -259,8 +257,6 @@ def load_validated(
         if i not in given:
             hub_access(spec, i)
     if engine == "vllm":
-        from mixens.vllm_engine import load_vllm_member
-
         members = [load_vllm_member(spec, i, vllm or VllmOptions(), len(specs)) for i, spec in enumerate(specs)]
     else:
         members = [in_memory_member(spec, *given[i]) if i in given else _load(spec, i) for i, spec in enumerate(specs)]

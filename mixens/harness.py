@@ -21,7 +21,7 @@ model_args: lm-eval splits them at ',' and '='; a list is written with '|':
   seed, max_gen_toks, max_length, batch_size
   engine             transformers (default) | vllm: each member on a vLLM engine (its own environment: make
                      vllm-setup); vLLM's engine options as vllm_<option>: vllm_enforce_eager, vllm_max_model_len,
-                     vllm_kv_cache_gib, vllm_gpu_memory_utilization, vllm_tensor_parallel_size
+                     vllm_kv_cache_gib, vllm_gpu_memory_utilization, vllm_tensor_parallel_size, vllm_block_size
   any other key      an option of the chosen strategy, as in mixens/conf/ensemble/<strategy>.yaml: member
                      (single), draw (mixture), union_top_k (averaging_topk_union), policy, designated,
                      threshold, ... (router); members by name. The strategy refuses keys it lacks.

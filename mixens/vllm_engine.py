@@ -74,6 +74,11 @@ def check_engine(engine: str, strategy_name: str, specs: Sequence[ModelSpec], in
     if in_memory:
         raise ConfigError("a model given already loaded runs on engine=transformers; vLLM loads members from paths.")
     for i, spec in enumerate(specs):
+        if spec.device.startswith("cuda:") and spec.device != "cuda:0":
+            raise ConfigError(
+                f"models[{i}].device is {spec.device}, but a vLLM engine takes the GPUs CUDA_VISIBLE_DEVICES shows; "
+                "give device=cuda and set CUDA_VISIBLE_DEVICES for the process."
+            )
         for field, value in (("ray_actor", spec.ray_actor), ("device_map", spec.device_map)):
             if value is not None:
                 raise ConfigError(

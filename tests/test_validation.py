@@ -97,6 +97,33 @@ def test_unknown_strategy_lists_the_known_ones(tiny_models, no_loading):
 
 
 @pytest.mark.parametrize(
+    ("strategy", "kwargs", "message"),
+    [
+        ("mixture", {"engine": "tgi"}, "engine 'tgi' is unknown"),
+        ("router", {"engine": "vllm", "policy": "confidence"}, "engine=vllm use one of single, mixture, averaging"),
+        ("mixture", {"engine": "vllm", "vllm": {"kv_cache": 4}}, r"vllm options \['kv_cache'\] are unknown"),
+        ("mixture", {"engine": "vllm", "vllm": {"block_size": 0}}, "vllm.block_size must be an integer >= 1"),
+    ],
+)
+def test_engine_choices_a_run_cannot_have(tiny_models, no_loading, strategy, kwargs, message):
+    with pytest.raises(mixens.ConfigError, match=message):
+        mixens.load_ensemble([spec(tiny_models["bpe_a"], "a"), spec(tiny_models["bpe_b"], "b")], strategy, **kwargs)
+
+
+def test_a_loaded_model_runs_on_transformers(tiny_models, no_loading):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = tiny_models["bpe_a"]
+    loaded = {
+        "name": "a",
+        "model": AutoModelForCausalLM.from_pretrained(path),
+        "tokenizer": AutoTokenizer.from_pretrained(path),
+    }
+    with pytest.raises(mixens.ConfigError, match="runs on engine=transformers"):
+        mixens.load_ensemble([loaded], "mixture", engine="vllm")
+
+
+@pytest.mark.parametrize(
     ("models", "kwargs", "message"),
     [
         ([], {}, "models is empty"),
