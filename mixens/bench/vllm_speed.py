@@ -33,7 +33,7 @@ def timed(ensemble, prompts: list[str], tokens: int, batch: int) -> dict:
         "driver_cpu_s": cpu,
         "engine_calls": stats.forward_passes,
         "requests": stats.row_passes,
-        "tokens_reread": sum(m.catchup_tokens for m in stats.members.values()),
+        "catchup_tokens": sum(m.catchup_tokens for m in stats.members.values()),
         "run_tokens_dropped": sum(m.cropped_tokens for m in stats.members.values()),
     }
 
