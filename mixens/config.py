@@ -126,6 +126,8 @@ def job_key(*, _root_: DictConfig) -> str:
     """Eight hex digits naming a run's config: a sweep job's folder, stable when the sweep is run again."""
     values = {}
     for key in _root_:
+        if key in RESULT_NEUTRAL_KEYS:  # not resolved: hydra's sweep folder is named by this very key
+            continue
         node = _root_[key]
         values[key] = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
     return hashlib.sha1(json.dumps(result_defining(values), sort_keys=True, default=str).encode()).hexdigest()[:8]
