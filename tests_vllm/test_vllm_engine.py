@@ -115,15 +115,26 @@ def test_greedy_averaging_is_refused(engines):
         on_vllm(engines, PAIRS["shared"], "averaging").generate(PROMPTS, max_new_tokens=2, do_sample=False)
 
 
-def test_lm_eval_task_through_the_hydra_app_on_vllm(vllm_models, tmp_path):
-    names = ("bpe_a", "sp_c")
-    added = [f"+models.{n}={{name:{n},path:'{vllm_models[n]}',weight:1.0}}" for n in names]
+def run_app(vllm_models, tmp_path, *overrides: str) -> subprocess.CompletedProcess:
+    added = [f"+models.{n}={{name:{n},path:'{vllm_models[n]}',weight:1.0}}" for n in ("bpe_a", "sp_c")]
     engine = [f"vllm.{key}={value}" for key, value in ENGINE.items()]
     args = [sys.executable, "-m", "mixens", "models=[]", *added, "device=cpu", "engine=vllm", *engine,
-            "ensemble=mixture", f"data.hub_mirror={HUB_FIXTURE}", "benchmark.name=e2e", "benchmark.tasks=[gsm8k]",
-            "benchmark.limit=3", "benchmark.max_gen_toks=16", "logger=none", f"hydra.run.dir={tmp_path}/run"]  # fmt: skip
-    done = subprocess.run(args, cwd=REPO, env=dict(os.environ), capture_output=True, text=True, timeout=600)
+            f"data.hub_mirror={HUB_FIXTURE}", "logger=none", f"hydra.run.dir={tmp_path}/run", *overrides]  # fmt: skip
+    return subprocess.run(args, cwd=REPO, env=dict(os.environ), capture_output=True, text=True, timeout=600)
+
+
+def test_a_likelihood_task_is_refused_before_any_engine_starts(vllm_models, tmp_path):
+    done = run_app(vllm_models, tmp_path, "benchmark.name=e2e", "benchmark.tasks=[arc_challenge]", "benchmark.limit=2")
+    assert done.returncode == 2, done.stderr[-4000:]
+    assert "arc_challenge scores log-likelihoods" in done.stderr
+    assert "starting a vLLM engine" not in done.stderr + done.stdout
+
+
+def test_lm_eval_task_through_the_hydra_app_on_vllm(vllm_models, tmp_path):
+    done = run_app(vllm_models, tmp_path, "ensemble=mixture", "benchmark.name=e2e", "benchmark.tasks=[gsm8k]",
+                   "benchmark.limit=3", "benchmark.max_gen_toks=16")  # fmt: skip
     assert done.returncode == 0, done.stderr[-4000:]
+    assert "starting a vLLM engine" in done.stderr + done.stdout  # what the refusal above must not reach
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["config"]["engine"] == "vllm"
     score = results["metrics"]["gsm8k"]["exact_match,strict-match"]
