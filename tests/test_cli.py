@@ -389,6 +389,16 @@ def test_the_engine_is_in_the_job_key_only_when_it_is_not_the_default():
     assert key("engine=vllm", "vllm.enforce_eager=true") != key("engine=vllm")
 
 
+def test_the_config_schema_offers_every_vllm_option_the_engine_takes():
+    from dataclasses import asdict, fields
+
+    from mixens.config import VllmConfig
+    from mixens.vllm_engine import VllmOptions
+
+    assert [f.name for f in fields(VllmConfig)] == [f.name for f in fields(VllmOptions)]
+    assert asdict(VllmConfig()) == asdict(VllmOptions())  # the same defaults
+
+
 def test_a_strategy_option_it_does_not_have_is_one_clear_error():
     with pytest.raises(ConfigError, match=r"strategy 'averaging' has no option \['threshold'\]"):
         validate_run(composed("ensemble=averaging", "+ensemble.options.threshold=0.3"))
