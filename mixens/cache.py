@@ -25,6 +25,15 @@ class FeedStats:
     row_passes: int = 0  # rows fed, summed over forwards: a member's forward passes counted per sequence
 
 
+@dataclass(frozen=True)
+class Largest:
+    """The logits of a row that the driver reads: the `count` largest, leaving out the ids it never draws
+    (`excluded`). A cache may return the others as -inf (a member in a Ray actor sends back only these)."""
+
+    count: int
+    excluded: tuple[int, ...] = ()
+
+
 @dataclass
 class RowState:
     ids: list[int] = field(default_factory=list)

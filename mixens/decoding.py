@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from mixens.cache import FeedStats
+from mixens.cache import FeedStats, Largest
 from mixens.errors import ConfigError
 from mixens.members import Member, context_length
 from mixens.sampling import Sampling, transformed_probs
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 ROUTING_STREAM, SAMPLING_STREAM = 0, 1
+TIED_AT_THE_EDGE = 8  # logits kept beyond the top k (Decoder.largest_logits)
 
 
 def stream_seed(seed: int, stream: int, batch: int = 0) -> int:
@@ -176,16 +177,24 @@ class Decoder:
         seed: int,
         batch_index: int = 0,
         room: int = 0,
+        top_logits: int | None = None,
     ):
         """`room`: how many tokens the driver may append; a prompt that leaves a member less than that
-        of its context loses its first tokens (with a warning), as lm-eval's own models do."""
+        of its context loses its first tokens (with a warning), as lm-eval's own models do. `top_logits`:
+        the driver reads only the top that many of each F_i(P_i) (Strategy.logits_needed), so a member may
+        return only its largest logits (the others as -inf)."""
         self._clock = _StepClock(len(prompts))
         self.members, self.vocab, self.strategy = ensemble.members, ensemble.vocab, ensemble.strategy
         self.sampling = sampling
         self.transcript = prepare_transcript(ensemble, prompts, until, room)
         self._stop_columns = _StopColumns.build(self.transcript, self.vocab, self.members)
         self.caches = [
-            m.new_cache(self.transcript.prompt_lengths(i), _pad_id(m), self.vocab.member_size(i))
+            m.new_cache(
+                self.transcript.prompt_lengths(i),
+                _pad_id(m),
+                self.vocab.member_size(i),
+                self.largest_logits(i, top_logits),
+            )
             for i, m in enumerate(self.members)
         ]
         self.home = self.members[0].device
@@ -229,6 +238,20 @@ class Decoder:
 
     def _prompt_tokens(self) -> int:
         return sum(c.stats.prompt_tokens for c in self.caches)
+
+    def largest_logits(self, member: int, top: int | None) -> Largest | None:
+        """The logits of a member that hold the top `top` of its F_i(P_i). In a union of vocabularies the ids
+        with no surface text leave before F: they are left out, except those that are some row's stop token
+        (that row draws them as EOS), for which as many more are kept. A few more keep every id tied at the
+        edge (greedy takes the first of tied ids, as over the whole row)."""
+        if top is None:
+            return None
+        if self.vocab.shared:
+            return Largest(top + TIED_AT_THE_EDGE)
+        never = self.vocab.to_union(member, "cpu") == self.vocab.size
+        stops = self._stop_columns[member].mask.any(dim=0) if member in self._stop_columns else torch.zeros_like(never)
+        stopping = int((never & stops).sum())
+        return Largest(top + stopping + TIED_AT_THE_EDGE, tuple((never & ~stops).nonzero().flatten().tolist()))
 
     def _run_routed_members(self, ctx: StepContext) -> tuple[MemberOutputs, torch.Tensor]:
         """Route, run the routed members for their rows, let the strategy route again having seen those

@@ -160,7 +160,11 @@ class Ensemble:
             from mixens import vllm_decoding
 
             return vllm_decoding.decode(self, prompts, until, sampling, max_new_tokens, seed, batch_index, finished)
-        decoder = Decoder(self, prompts, until, sampling, seed, batch_index, room=max_new_tokens)
+        # A token record reads whole distributions; greedy in a union of vocabularies adds up the ids that share
+        # a text, so its argmax can come from below a member's top logits.
+        sparse = recorder is None and (sampling.do_sample or self.vocab.shared)
+        top = self.strategy.logits_needed(sampling) if sparse else None
+        decoder = Decoder(self, prompts, until, sampling, seed, batch_index, room=max_new_tokens, top_logits=top)
         rng = torch.Generator(device=decoder.home).manual_seed(stream_seed(seed, SAMPLING_STREAM, batch_index))
         told = 0
         for _ in range(max_new_tokens):

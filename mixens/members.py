@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mixens.cache import MemberCache
+from mixens.cache import Largest, MemberCache
 from mixens.chat import as_messages
 from mixens.errors import ConfigError
 from mixens.hub import check_hub_reachable, hub_offline, hub_unreachable, is_hub_id, is_network_failure
@@ -32,8 +32,9 @@ class Member:
     def name(self) -> str:
         return self.spec.name
 
-    def new_cache(self, prompt_lengths: list[int], pad_id: int, logit_size: int):
-        """A KV cache over one batch's rows (mixens.cache); a member in a Ray actor keeps it there."""
+    def new_cache(self, prompt_lengths: list[int], pad_id: int, logit_size: int, largest: Largest | None = None):
+        """A KV cache over one batch's rows (mixens.cache); a member in a Ray actor keeps it there, and sends
+        back only the `largest` logits of each row when asked. Here they are all at hand."""
         return MemberCache(self.model, self.device, prompt_lengths, pad_id, logit_size)
 
     def continuation_logits(self, contexts, token_lists, group_of) -> torch.Tensor:

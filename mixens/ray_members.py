@@ -6,7 +6,9 @@ set, a local Ray instance starts). The process that drives decoding keeps only t
 configs. Each step, it sends a routed member only the tokens each row gained since that member last ran
 (the catch-up span, usually one token); the member's KV cache never leaves its actor. What comes back is
 the next-token logits of the rows the member ran for, which the strategy combines here, so every strategy,
-tokenizer pairing and seed gives the same text as with the member in this process.
+tokenizer pairing and seed gives the same text as with the member in this process. When the draw depends
+only on each member's largest logits (top-k sampling, or a greedy mixture: Strategy.logits_needed), only
+those come back, with their ids: tens of numbers per row instead of a whole vocabulary (mixens.cache.Largest).
 """
 
 from __future__ import annotations
@@ -14,11 +16,11 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from mixens.cache import FeedStats, MemberCache, common_prefix
+from mixens.cache import FeedStats, Largest, MemberCache, common_prefix
 from mixens.errors import ConfigError
 from mixens.members import Member, load_member
 from mixens.spec import ModelSpec
@@ -33,6 +35,7 @@ class MemberActor:
     def __init__(self, spec: ModelSpec, index: int):
         self.member = load_member(spec, index)
         self.caches: dict[int, MemberCache] = {}
+        self.largest: dict[int, tuple[int, torch.Tensor]] = {}  # per cache: how many logits, the ids left out
 
     def about(self) -> dict:
         import ray
@@ -42,26 +45,48 @@ class MemberActor:
                 "dtype": model.dtype, "parameters": model.num_parameters(), "eos_ids": self.member.eos_ids,
                 "device": str(self.member.device), "node": ray.util.get_node_ip_address()}  # fmt: skip
 
-    def open(self, key: int, prompt_lengths: list[int], pad_id: int, logit_size: int) -> None:
+    def open(self, key: int, prompt_lengths: list[int], pad_id: int, logit_size: int, largest: Largest | None) -> None:
         self.caches[key] = self.member.new_cache(prompt_lengths, pad_id, logit_size)
+        if largest is not None:
+            self.largest[key] = (
+                largest.count,
+                torch.tensor(largest.excluded, dtype=torch.long, device=self.member.device),
+            )
 
     def close(self, key: int) -> None:
         self.caches.pop(key, None)
+        self.largest.pop(key, None)
 
     def advance(self, key: int, spans: list[tuple[int, list[int]] | None], hidden: bool):
         """Rows with a span (kept prefix length, new ids) advance; returns their logits (and hidden states)
-        in row order, and the cache's counts."""
+        in row order, and the cache's counts. When the cache was opened with `largest`, the logits are each
+        row's largest, as (values, ids)."""
         cache = self.caches[key]
         targets = [[] if span is None else cache.rows[b].ids[: span[0]] + span[1] for b, span in enumerate(spans)]
         active = [span is not None for span in spans]
         result = cache.advance(targets, active, hidden=hidden)
         logits, state = result if hidden else (result, None)
         rows = torch.tensor([b for b, on in enumerate(active) if on], dtype=torch.long, device=logits.device)
-        picked = logits.index_select(0, rows).cpu()
+        picked = logits.index_select(0, rows)
+        if key in self.largest:
+            picked = tuple(part.cpu() for part in largest_of(picked, *self.largest[key]))
+        else:
+            picked = picked.cpu()
         return picked, None if state is None else state.index_select(0, rows).cpu(), cache.stats
 
     def continuation_logits(self, contexts, token_lists, group_of) -> torch.Tensor:
         return self.member.continuation_logits(contexts, token_lists, group_of).cpu()
+
+
+def largest_of(logits: torch.Tensor, count: int, excluded: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's `count` largest logits and their ids, the `excluded` ids left out (the actor's side)."""
+    found = logits.index_fill(1, excluded, float("-inf")).topk(min(count, logits.shape[-1]), dim=-1)
+    return found.values, found.indices
+
+
+def spread_back(values: torch.Tensor, ids: torch.Tensor, width: int) -> torch.Tensor:
+    """Rows of `width` logits holding those values at their ids and -inf elsewhere (the driver's side)."""
+    return values.new_full((values.shape[0], width), float("-inf")).scatter_(1, ids, values)
 
 
 class RemoteModel:
@@ -79,11 +104,23 @@ class RemoteModel:
 
 
 @dataclass
+class Traffic:
+    """What crossed between this process and a member's actor, over all its caches."""
+
+    ids_sent: int = 0  # the catch-up spans' token ids
+    logits_received: int = 0  # logits of the rows that ran (a kept logit's id counted with it)
+
+
+@dataclass
 class RemoteMember(Member):
     """A member whose weights and caches are in a Ray actor; tokenising and combining stay here."""
 
-    def new_cache(self, prompt_lengths: list[int], pad_id: int, logit_size: int) -> RemoteCache:
-        return RemoteCache(self.name, self.model.actor, prompt_lengths, pad_id, logit_size)
+    traffic: Traffic = field(default_factory=Traffic)
+
+    def new_cache(
+        self, prompt_lengths: list[int], pad_id: int, logit_size: int, largest: Largest | None = None
+    ) -> RemoteCache:
+        return RemoteCache(self.name, self.model.actor, prompt_lengths, pad_id, logit_size, largest, self.traffic)
 
     def continuation_logits(self, contexts, token_lists, group_of) -> torch.Tensor:
         return answer(self.name, self.model.actor.continuation_logits.remote(contexts, token_lists, group_of))
@@ -112,12 +149,23 @@ _cache_keys = itertools.count()
 class RemoteCache:
     """MemberCache's interface for a cache kept in the member's actor: sends spans, receives logits."""
 
-    def __init__(self, name: str, actor, prompt_lengths: list[int], pad_id: int, logit_size: int):
+    def __init__(
+        self,
+        name: str,
+        actor,
+        prompt_lengths: list[int],
+        pad_id: int,
+        logit_size: int,
+        largest: Largest | None = None,
+        traffic: Traffic | None = None,
+    ):
         self.name, self.actor, self.key = name, actor, next(_cache_keys)
+        self.logit_size = logit_size
+        self.traffic = traffic if traffic is not None else Traffic()
         self.sent: list[list[int]] = [[] for _ in prompt_lengths]  # the ids each row of the actor's cache holds
         self.stats = FeedStats()
-        self.ids_sent = 0  # what crossed to the actor: the spans' token ids
-        actor.open.remote(self.key, prompt_lengths, pad_id, logit_size)  # ordered before this actor's next call
+        # ordered before this actor's next call; the ids left out cross once per batch
+        actor.open.remote(self.key, prompt_lengths, pad_id, logit_size, largest)
 
     def advance(self, targets: list[list[int]], active: list[bool], hidden: bool = False):
         return self.begin_advance(targets, active, hidden)()
@@ -131,13 +179,19 @@ class RemoteCache:
                 continue
             keep = common_prefix(self.sent[b], target)
             spans.append((keep, list(target[keep:])))
-            self.ids_sent += len(target) - keep
+            self.traffic.ids_sent += len(target) - keep
             self.sent[b] = list(target)
         pending = self.actor.advance.remote(self.key, spans, hidden)
         rows = torch.tensor([b for b, on in enumerate(active) if on], dtype=torch.long)
 
         def result():
             picked, state, self.stats = answer(self.name, pending)
+            if isinstance(picked, tuple):  # the largest logits and their ids: the rest cannot be drawn
+                values, ids = picked
+                picked = spread_back(values, ids, self.logit_size)
+                self.traffic.logits_received += values.numel()
+            else:
+                self.traffic.logits_received += picked.numel()
             logits = picked.new_zeros(len(targets), picked.shape[-1]).index_copy_(0, rows, picked)
             if not hidden:
                 return logits

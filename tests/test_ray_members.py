@@ -1,5 +1,6 @@
 """Members in Ray actors (CPU actors on a local Ray instance): the same texts, scores and counted work as the
-same members in this process, with only catch-up spans sent to the actors."""
+same members in this process, with only catch-up spans sent to the actors, and only the largest logits sent
+back when the draw depends on them alone."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ import torch
 from conftest import spec
 
 import mixens
+from mixens.decoding import Decoder, _Distributions
 from mixens.errors import ConfigError
-from mixens.ray_members import MemberLost, RemoteCache, RemoteMember
+from mixens.ray_members import MemberLost, RemoteCache, RemoteMember, largest_of, spread_back
+from mixens.sampling import Sampling
 
 PROMPTS = ["The capital of France is", "Question: what is 12 + 30?\nAnswer:", "Hi", "def add(a, b):"]
 
@@ -28,24 +31,60 @@ def pool(tiny_models, names, remote: bool) -> list[dict]:
 
 
 @pytest.mark.parametrize(
-    ("strategy", "names", "options"),
+    ("strategy", "names", "options", "largest_sampled", "largest_greedy"),
     [
-        ("mixture", ("bpe_a", "sp_c"), {"draw": "sequence"}),  # two tokenizers, per-row draws: catch-up spans
-        ("averaging", ("bpe_a", "bpe_b"), {}),
-        ("router", ("bpe_a", "bpe_b"), {"policy": "confidence", "threshold": 0.4}),  # a cascade: a second look per step
+        # two tokenizers, per-row draws: catch-up spans; greedy adds up ids that share a text, so it needs all
+        ("mixture", ("bpe_a", "sp_c"), {"draw": "sequence"}, True, False),
+        ("mixture", ("bpe_a", "bpe_b"), {}, True, True),
+        ("averaging", ("bpe_a", "bpe_b"), {}, True, False),
+        # a cascade: a second look per step, at a member's whole distribution
+        ("router", ("bpe_a", "bpe_b"), {"policy": "confidence", "threshold": 0.4}, False, False),
     ],
 )
-def test_members_in_actors_write_the_same_texts_with_the_same_work(local_ray, tiny_models, strategy, names, options):
+def test_members_in_actors_write_the_same_texts_with_the_same_work(
+    local_ray, tiny_models, strategy, names, options, largest_sampled, largest_greedy
+):
     here = mixens.load_ensemble(pool(tiny_models, names, remote=False), strategy, **options)
     there = mixens.load_ensemble(pool(tiny_models, names, remote=True), strategy, **options)
     assert all(isinstance(m, RemoteMember) for m in there.members)
-    for do_sample in (True, False):
+    for do_sample, largest_only in ((True, largest_sampled), (False, largest_greedy)):
         kwargs = dict(max_new_tokens=24, do_sample=do_sample, temperature=0.9, top_k=20, seed=5, batch_size=4)
+        before = [m.traffic.logits_received for m in there.members]
         expected, got = here.generate(PROMPTS, **kwargs), there.generate(PROMPTS, **kwargs)
         assert got.texts == expected.texts
         assert got.stats.members == expected.stats.members  # forward passes, catch-up and cropped tokens
+        for i, (member, earlier) in enumerate(zip(there.members, before)):
+            rows_ran, vocabulary = got.stats.members[member.name].row_passes, there.vocab.member_size(i)
+            per_row = (member.traffic.logits_received - earlier) / rows_ran
+            assert per_row < vocabulary / 4 if largest_only else per_row == vocabulary
     assert sum(m.catchup_tokens for m in got.stats.members.values()) > 0 or strategy != "mixture"
     del there  # its actors leave the local Ray instance for the next test
+
+
+def test_the_largest_logits_sent_back_hold_all_of_each_transformed_distribution(tiny_models):
+    """In a union of vocabularies the ids with no surface text leave before top-k: the actor leaves them out
+    before taking the largest, except one that a row names as a stop string (drawn there as EOS), for which
+    one more is kept. So the few sent back give F_i(P_i) exactly, even when such ids hold the largest logits."""
+    ensemble = mixens.load_ensemble(pool(tiny_models, ("bpe_a", "sp_c"), remote=False), "mixture")
+    vocab, sampling = ensemble.vocab, Sampling(do_sample=True, temperature=0.9, top_k=5)
+    never_drawn = [vocab.to_union(i, "cpu") == vocab.size for i in range(2)]
+    assert [int(ids.sum()) > 1 for ids in never_drawn] == [False, True]  # sp_c's special tokens
+    (special,) = ensemble.members[1].tokenizer.convert_ids_to_tokens([int(never_drawn[1].nonzero()[0])])
+    top = ensemble.strategy.logits_needed(sampling)
+    for stops in ([()] * len(PROMPTS), [(special,)] + [()] * (len(PROMPTS) - 1)):
+        decoder = Decoder(ensemble, PROMPTS, stops, sampling, seed=0, top_logits=top)
+        for i in range(2):
+            largest = decoder.largest_logits(i, top)
+            logits = torch.randn(len(PROMPTS), vocab.member_size(i), generator=torch.Generator().manual_seed(i))
+            logits[:, never_drawn[i]] += 10.0  # the member's largest logits are ids the ensemble never draws
+            values, ids = largest_of(logits, largest.count, torch.tensor(largest.excluded, dtype=torch.long))
+            assert values.shape[1] < vocab.member_size(i) / 4
+            assert not set(ids.flatten().tolist()) & set(largest.excluded)  # no room spent on ids never drawn
+            whole = _Distributions(vocab, torch.device("cpu"), decoder._stop_columns)
+            sent = _Distributions(vocab, torch.device("cpu"), decoder._stop_columns)
+            whole.set_logits(i, logits)
+            sent.set_logits(i, spread_back(values, ids, vocab.member_size(i)))
+            torch.testing.assert_close(sent(i, sampling), whole(i, sampling), rtol=0, atol=1e-7)
 
 
 def test_only_the_tokens_a_row_gained_cross_to_the_actor(local_ray, tiny_models):
@@ -62,7 +101,7 @@ def test_only_the_tokens_a_row_gained_cross_to_the_actor(local_ray, tiny_models)
         rows = torch.tensor(active)
         assert torch.equal(logits[rows], expected_logits[rows]) and torch.equal(hidden[rows], expected_hidden[rows])
         assert bool(logits[~rows].eq(0).all())  # a row that did not run gets no logits
-        assert cache.ids_sent == sent and cache.stats == same_here.stats
+        assert member.traffic.ids_sent == sent and cache.stats == same_here.stats
 
     advance(prompts, [True, True], sent=8)  # the prompts, once
     grown = [[*prompts[0], 13, 14, 15], [*prompts[1], 16]]  # a member that was not drawn catches up by three

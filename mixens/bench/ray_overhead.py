@@ -107,11 +107,13 @@ def measure_pool(paths: list[str], strategy: str, batch: int, tokens: int, threa
             actor = {"ray_actor": {"num_cpus": 1}} if where == "ray_actors" else {}
             ensemble = mixens.load_ensemble([{"path": p, "device": "cpu", **actor} for p in paths], strategy)
             ensemble.generate(prompts[:1], **{**settings, "max_new_tokens": 2})  # first-call costs out of the timing
+            received = [m.traffic.logits_received for m in ensemble.members if where == "ray_actors"]
             cpu, wall = time.process_time(), time.perf_counter()
             result = ensemble.generate(prompts, **settings)
             runs[where] = {"texts": result.texts, "members": result.stats.members,
                            "wall_s": time.perf_counter() - wall, "driver_cpu_s": time.process_time() - cpu,
-                           "tokens": result.stats.tokens_generated, "vocab": [ensemble.vocab.member_size(i) for i in range(len(paths))]}  # fmt: skip
+                           "tokens": result.stats.tokens_generated,
+                           "logits_received": sum(m.traffic.logits_received for m in ensemble.members if where == "ray_actors") - sum(received)}  # fmt: skip
             del ensemble  # its actors free their CPUs for the next run
     finally:
         torch.set_num_threads(before)
@@ -127,8 +129,7 @@ def measure_pool(paths: list[str], strategy: str, batch: int, tokens: int, threa
         "ms_per_token_ray_actors": 1000 * there["wall_s"] / there["tokens"],
         "driver_cpu_s": {"in_process": here["driver_cpu_s"], "ray_actors": there["driver_cpu_s"]},
         "ids_sent_per_token": sum(s.prompt_tokens + s.generated_tokens for s in members.values()) / there["tokens"],
-        "logit_values_returned_per_token": sum(s.row_passes * size for s, size in zip(members.values(), there["vocab"]))
-        / there["tokens"],
+        "logit_values_returned_per_token": there["logits_received"] / there["tokens"],
     }  # fmt: skip
 
 

@@ -5,13 +5,16 @@ from __future__ import annotations
 import torch
 
 from mixens.sampling import Sampling, transformed_distribution
-from mixens.strategies.base import MemberOutputs, StepContext, Strategy
+from mixens.strategies.base import MemberOutputs, StepContext, Strategy, largest_logits_needed
 
 
 class Averaging(Strategy):
     """Next token from sum_i lambda_i F_i(P_i): exactly the distribution `mixture` samples from."""
 
     name = "averaging"
+
+    def logits_needed(self, sampling: Sampling) -> int | None:
+        return largest_logits_needed(sampling, one_member_per_row=False)
 
     def route(self, ctx: StepContext) -> torch.Tensor:
         return ctx.weights.expand(ctx.active.shape[0], -1).clone()
@@ -34,6 +37,9 @@ class AveragingTopkUnion(Averaging):
     def candidates(self, sampling: Sampling) -> int:
         # Without an explicit size the sampling top-k sets the candidate pool (10 when top-k is off).
         return self.union_top_k or sampling.top_k or 10
+
+    def logits_needed(self, sampling: Sampling) -> int | None:
+        return None  # the members' raw probabilities, normalised over their whole vocabularies
 
     def combine(self, outputs: MemberOutputs, routing: torch.Tensor, sampling: Sampling) -> torch.Tensor:
         k = self.candidates(sampling)

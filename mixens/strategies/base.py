@@ -95,6 +95,11 @@ class Strategy:
         """Whether the strategy reads this member's last hidden state (MemberOutputs.hidden)."""
         return False
 
+    def logits_needed(self, sampling: Sampling) -> int | None:
+        """How many of a member's largest next-token logits per row the strategy's draw depends on (None: all
+        of them). A member in a Ray actor sends only those back (mixens.ray_members)."""
+        return None
+
     def check_members(self, members, weights: Sequence[float]) -> None:
         """Checks that need the loaded members (e.g. a saved classifier's input size); raise ConfigError."""
 
@@ -106,6 +111,14 @@ class Strategy:
             part = routing[:, i : i + 1].to(dist) * dist  # routing lives on the CPU, dist maybe on a GPU
             total = part if total is None else total + part.to(total.device)
         return total
+
+
+def largest_logits_needed(sampling: Sampling, one_member_per_row: bool) -> int | None:
+    """F(P) under top-k sampling depends on the k largest logits alone; a greedy row written by one member
+    on its largest (an average of members' whole distributions needs them whole)."""
+    if sampling.do_sample:
+        return sampling.top_k or None
+    return 1 if one_member_per_row else None
 
 
 def one_hot_rows(choice: torch.Tensor, n_members: int) -> torch.Tensor:

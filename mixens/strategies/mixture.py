@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from mixens.strategies.base import StepContext, Strategy, one_hot_rows
+from mixens.sampling import Sampling
+from mixens.strategies.base import StepContext, Strategy, largest_logits_needed, one_hot_rows
 
 DRAWS = ("batch", "sequence")
 
@@ -21,6 +22,9 @@ class Mixture(Strategy):
         if draw not in DRAWS:
             raise ValueError(f"mixture draw '{draw}' is unknown; choose one of {', '.join(DRAWS)}")
         self.draw = draw
+
+    def logits_needed(self, sampling: Sampling) -> int | None:
+        return largest_logits_needed(sampling, one_member_per_row=True)
 
     def route(self, ctx: StepContext) -> torch.Tensor:
         rows = ctx.active.shape[0]
