@@ -49,33 +49,17 @@ def task_manager_for(tasks: list[str]):
     return manager
 
 
-def check_datasets(tasks: list[str], manager, mirror, engine: str = "transformers") -> None:
-    """Load every task's dataset before any model, so a missing dataset costs seconds, not a model load; and
-    on vLLM, which only generates, refuse a task that scores likelihoods."""
+def check_datasets(tasks: list[str], manager, mirror) -> None:
+    """Load every task's dataset before any model, so a missing dataset costs seconds, not a model load."""
     from lm_eval.tasks import get_task_dict
 
     from mixens.offline_data import unreachable_dataset_error
 
     for task in tasks:
         try:
-            built = get_task_dict([task], manager)
+            get_task_dict([task], manager)
         except Exception as err:  # datasets raises many kinds: connection, offline mode, not found
             raise unreachable_dataset_error(task, err, mirror) from err
-        scored = sorted(name for name, kind in task_output_types(built) if kind != "generate_until")
-        if engine == "vllm" and scored:
-            raise ConfigError(
-                f"benchmark task {task} scores log-likelihoods ({', '.join(scored)}), which engine=vllm does not "
-                "compute; run it with engine=transformers, or choose generation tasks."
-            )
-
-
-def task_output_types(built: dict):
-    """(name, output type) of every task in lm-eval's task dict, groups opened."""
-    for name, task in built.items():
-        if isinstance(task, dict):
-            yield from task_output_types(task)
-        else:
-            yield str(name), task.OUTPUT_TYPE
 
 
 class _SamplingAlreadyOn(logging.Filter):
@@ -116,7 +100,7 @@ def evaluate(cfg: DictConfig, out_dir: Path, plan: RunPlan) -> dict:
     started = time.time()
     with reading_from(mirror):
         manager = task_manager_for(tasks)
-        check_datasets(tasks, manager, mirror, plan.engine)
+        check_datasets(tasks, manager, mirror)
     # batch_size=auto is found by the lm-eval model below, on the loaded members
     first_batch = 1 if cfg.batch_size == "auto" else cfg.batch_size
     ensemble = load_validated(plan.specs, plan.strategy, first_batch, engine=plan.engine, vllm=plan.vllm)

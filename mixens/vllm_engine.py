@@ -26,6 +26,7 @@ ENGINES = ("transformers", "vllm")
 VLLM_STRATEGIES = ("single", "mixture", "averaging")
 CPU_BLOCK_SIZE = 32
 SETUP_HINT = "run `make vllm-setup` and use .venv-vllm/bin/python (vLLM needs its own environment)"
+PROMPT_LOGPROBS = 20  # top log-probabilities per continuation position, for scoring (VllmMember.continuation_logits)
 
 
 @dataclass(frozen=True)
@@ -141,14 +142,40 @@ class VllmMember(Member):
 
     engine_name = "vllm"
 
-    def new_cache(self, prompt_lengths: list[int], pad_id: int, logit_size: int):
+    def new_cache(self, prompt_lengths: list[int], pad_id: int, logit_size: int, largest=None):
         raise ConfigError(f"member {self.name} runs on vLLM, which mixens' step decoder cannot drive.")
 
     def continuation_logits(self, contexts, token_lists, group_of) -> torch.Tensor:
-        raise ConfigError(
-            "log-likelihood requests (multiple-choice tasks, perplexity) are scored on engine=transformers: vLLM "
-            "returns each position's top log-probabilities, not the whole distributions mixens scores with."
-        )
+        """Logits [T, V] that predict each continuation token, built from vLLM's prompt log-probabilities.
+
+        vLLM returns, for each position, the log-probability of the token there and of its top
+        PROMPT_LOGPROBS tokens. Those go in as they are; the mass left over is spread evenly over the other ids.
+        A row is then a normalised log-distribution, so a token's log-softmax is exactly its log-probability
+        and the row's argmax is the model's own (no spread id can exceed the smallest listed one). Only where
+        several members' distributions are added (the shared-vocabulary mixture's argmax, for is_greedy) do
+        the spread values stand in for the true ones, which matters only when the mixture's argmax is outside
+        some member's top PROMPT_LOGPROBS.
+        """
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        prompts = [
+            TokensPrompt(prompt_token_ids=[*contexts[group_of[j]], *tokens]) for j, tokens in enumerate(token_lists)
+        ]
+        # max_tokens=1: vLLM decodes at least one token; the prompt's log-probabilities are what is read
+        params = SamplingParams(max_tokens=1, temperature=1.0, prompt_logprobs=PROMPT_LOGPROBS, detokenize=False)
+        outputs = self.model.engine.generate(prompts, params, use_tqdm=False)
+        width = self.model.config.get_text_config().vocab_size
+        rows = []
+        for j, (tokens, output) in enumerate(zip(token_lists, outputs)):
+            start = len(contexts[group_of[j]])
+            for listed in output.prompt_logprobs[start : start + len(tokens)]:
+                ids = torch.tensor(list(listed), dtype=torch.long)
+                logps = torch.tensor([found.logprob for found in listed.values()], dtype=torch.float64)
+                left = 1.0 - float(logps.exp().sum())
+                spread = math.log(left / (width - len(ids))) if left > 0 and width > len(ids) else float("-inf")
+                rows.append(torch.full((width,), spread, dtype=torch.float64).index_copy_(0, ids, logps).float())
+        return torch.stack(rows)
 
 
 def load_vllm_member(spec: ModelSpec, index: int, options: VllmOptions, members_in_engine: int) -> VllmMember:

@@ -115,27 +115,62 @@ def test_greedy_averaging_is_refused(engines):
         on_vllm(engines, PAIRS["shared"], "averaging").generate(PROMPTS, max_new_tokens=2, do_sample=False)
 
 
-def run_app(vllm_models, tmp_path, *overrides: str) -> subprocess.CompletedProcess:
+def run_app(vllm_models, tmp_path, *overrides: str, engine: str = "vllm") -> subprocess.CompletedProcess:
     added = [f"+models.{n}={{name:{n},path:'{vllm_models[n]}',weight:1.0}}" for n in ("bpe_a", "sp_c")]
-    engine = [f"vllm.{key}={value}" for key, value in ENGINE.items()]
-    args = [sys.executable, "-m", "mixens", "models=[]", *added, "device=cpu", "engine=vllm", *engine,
-            f"data.hub_mirror={HUB_FIXTURE}", "logger=none", f"hydra.run.dir={tmp_path}/run", *overrides]  # fmt: skip
+    options = [f"vllm.{key}={value}" for key, value in ENGINE.items()]
+    args = [sys.executable, "-m", "mixens", "models=[]", *added, "device=cpu", f"engine={engine}", *options,
+            f"data.hub_mirror={HUB_FIXTURE}", "logger=none", f"hydra.run.dir={tmp_path}/{engine}", *overrides]  # fmt: skip
     return subprocess.run(args, cwd=REPO, env=dict(os.environ), capture_output=True, text=True, timeout=600)
 
 
-def test_a_likelihood_task_is_refused_before_any_engine_starts(vllm_models, tmp_path):
-    done = run_app(vllm_models, tmp_path, "benchmark.name=e2e", "benchmark.tasks=[arc_challenge]", "benchmark.limit=2")
-    assert done.returncode == 2, done.stderr[-4000:]
-    assert "arc_challenge scores log-likelihoods" in done.stderr
-    assert "starting a vLLM engine" not in done.stderr + done.stdout
+class Request:
+    """What lm-eval's loglikelihood methods read of a request."""
+
+    def __init__(self, *args):
+        self.args = args
+
+
+LIKELIHOOD_REQUESTS = [
+    ("Question: what is 12 + 30?\nAnswer:", " 42"),
+    ("Question: what is 12 + 30?\nAnswer:", " forty two"),
+    ("The capital of France is", " Paris, of course."),
+    ("", "Hi"),  # no context: the text's first token is scored after BOS, as on transformers
+]
+
+
+@pytest.mark.parametrize(("strategy", "names"), [("single", ["sp_c"]), ("mixture", PAIRS["shared"]), ("averaging", PAIRS["different"])])  # fmt: skip
+def test_likelihood_on_vllm_is_the_likelihood_on_transformers(vllm_models, engines, strategy, names):
+    from mixens.harness import EnsembleLM
+
+    weights = list(WEIGHTS[: len(names)])
+    members = [spec(vllm_models[n], n, w) for n, w in zip(names, weights)]
+    here = EnsembleLM(ensemble=mixens.load_ensemble(members, strategy))
+    there = EnsembleLM(ensemble=on_vllm(engines, names, strategy, weights))
+    requests = [Request(*pair) for pair in LIKELIHOOD_REQUESTS]
+    expected, got = here.loglikelihood(requests, disable_tqdm=True), there.loglikelihood(requests, disable_tqdm=True)
+    assert [logp for logp, _ in got] == pytest.approx([logp for logp, _ in expected], abs=1e-4)
+    assert [greedy for _, greedy in got] == [greedy for _, greedy in expected]
+    rolling = [Request(" ".join(PROMPTS * 20))]
+    got_rolling = there.loglikelihood_rolling(rolling, disable_tqdm=True)
+    assert got_rolling == pytest.approx(here.loglikelihood_rolling(rolling, disable_tqdm=True), abs=1e-3)
+
+
+def test_a_likelihood_task_through_the_hydra_app_on_vllm_scores_as_on_transformers(vllm_models, tmp_path):
+    task = ("benchmark.name=e2e", "benchmark.tasks=[arc_challenge]", "benchmark.limit=6", "ensemble=averaging")
+    metrics = {}
+    for engine in ("transformers", "vllm"):
+        done = run_app(vllm_models, tmp_path, *task, engine=engine)
+        assert done.returncode == 0, done.stderr[-4000:]
+        metrics[engine] = json.loads((tmp_path / engine / "results.json").read_text())["metrics"]["arc_challenge"]
+    assert metrics["vllm"] == pytest.approx(metrics["transformers"], abs=1e-9)
 
 
 def test_lm_eval_task_through_the_hydra_app_on_vllm(vllm_models, tmp_path):
     done = run_app(vllm_models, tmp_path, "ensemble=mixture", "benchmark.name=e2e", "benchmark.tasks=[gsm8k]",
                    "benchmark.limit=3", "benchmark.max_gen_toks=16")  # fmt: skip
     assert done.returncode == 0, done.stderr[-4000:]
-    assert "starting a vLLM engine" in done.stderr + done.stdout  # what the refusal above must not reach
-    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert "starting a vLLM engine" in done.stderr + done.stdout
+    results = json.loads((tmp_path / "vllm" / "results.json").read_text())
     assert results["config"]["engine"] == "vllm"
     score = results["metrics"]["gsm8k"]["exact_match,strict-match"]
     assert 0.0 <= score <= 1.0
