@@ -2,7 +2,8 @@
 
 vLLM lives in its own environment (`make vllm-setup`: its pins of transformers and numpy differ from mixens'),
 so it is imported only here, when an ensemble asks for it. The decoding that suits it is in
-mixens.vllm_decoding; this module loads members and says, before any weights load, what vLLM cannot run.
+mixens.vllm_decoding; this module loads members, scores continuations from vLLM's prompt log-probabilities
+(VllmMember.continuation_logits), and says, before any weights load, what vLLM cannot run.
 """
 
 from __future__ import annotations
@@ -138,7 +139,7 @@ def count_parameters(source: str, spec: ModelSpec) -> int:
 
 @dataclass
 class VllmMember(Member):
-    """A member whose model is a vLLM engine (`model.engine`); decoded by mixens.vllm_decoding."""
+    """A member whose model is a vLLM engine (`model.engine`); decoded by mixens.vllm_decoding, scored here."""
 
     engine_name = "vllm"
 
