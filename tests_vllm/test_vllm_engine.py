@@ -134,7 +134,7 @@ LIKELIHOOD_REQUESTS = [
     ("Question: what is 12 + 30?\nAnswer:", " 42"),
     ("Question: what is 12 + 30?\nAnswer:", " forty two"),
     ("The capital of France is", " Paris, of course."),
-    ("", "Hi"),  # no context: the text's first token is scored after BOS, as on transformers
+    ("", "Hi"),  # no context: scored after the member's prefix token, as on transformers
 ]
 
 
