@@ -8,6 +8,7 @@ mixens.vllm_decoding; this module loads members, scores continuations from vLLM'
 
 from __future__ import annotations
 
+import atexit
 import copy
 import logging
 import math
@@ -218,6 +219,9 @@ def load_vllm_member(spec: ModelSpec, index: int, options: VllmOptions, members_
         engine_args["block_size"] = options.block_size or CPU_BLOCK_SIZE
     log.info("starting a vLLM engine for %s from %s (%s, %s)", spec.name, source, dtype, device)
     engine = LLM(**engine_args)
+    # Stopped while the interpreter is whole: left to vLLM's own finalizers at exit, a run that scored
+    # log-likelihoods could end in "terminate called without an active exception" after its results.
+    atexit.register(engine.llm_engine.engine_core.shutdown)
     max_model_len = engine.llm_engine.model_config.max_model_len
     model = EngineModel(engine, config, generation_config, dtype, max_model_len, count_parameters(source, spec))
     return VllmMember(spec, model, tokenizer, device, frozenset(eos_token_ids(model, tokenizer)))
