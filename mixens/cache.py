@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 import torch
 from transformers import DynamicCache
 
+from mixens.member_draw import MemberDraw
+
 
 @dataclass
 class FeedStats:
@@ -42,8 +44,17 @@ class RowState:
 
 
 class MemberCache:
-    def __init__(self, model, device: torch.device, prompt_lengths: list[int], pad_id: int, logit_size: int):
+    def __init__(
+        self,
+        model,
+        device: torch.device,
+        prompt_lengths: list[int],
+        pad_id: int,
+        logit_size: int,
+        draw: MemberDraw | None = None,
+    ):
         self.model = model
+        self.draw = draw
         self.device = device
         self.pad_id = pad_id
         self.logit_size = logit_size
@@ -99,6 +110,14 @@ class MemberCache:
         starts it there and waits only when asked, so several actors work at the same time)."""
         result = self.advance(targets, active, hidden)
         return lambda: result
+
+    def begin_draw(self, targets: list[list[int]], active: list[bool], u: torch.Tensor | None):
+        """`advance`, then the active rows' tokens drawn by the cache's MemberDraw with their uniform numbers
+        u [active rows, 1] (None: greedy), as a call that returns them (see `begin_advance`)."""
+        logits = self.advance(targets, active)
+        rows = [b for b, on in enumerate(active) if on]
+        tokens = self.draw.tokens(logits[rows], rows, u)
+        return lambda: tokens
 
     def _record(self, chunks, targets, start: int, width: int) -> None:
         self.stats.forward_passes += 1

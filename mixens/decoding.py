@@ -14,11 +14,11 @@ import torch
 
 from mixens.cache import FeedStats, Largest
 from mixens.errors import ConfigError
+from mixens.member_draw import MemberDraw, StopColumns, in_ensemble_ids
 from mixens.members import Member, context_length
-from mixens.sampling import Sampling, transformed_probs
+from mixens.sampling import Sampling
 from mixens.strategies import MemberOutputs, StepContext
 from mixens.transcript import Transcript, make_transcript
-from mixens.vocab import SharedVocab, UnionVocab
 
 if TYPE_CHECKING:
     from mixens.ensemble import Ensemble
@@ -91,7 +91,7 @@ class _Distributions:
     `stop_columns`: per member, a [B, V_member] map that replaces the vocabulary's for rows whose stop
     strings include a special token's text (union vocabulary only): that token counts as the row's EOS."""
 
-    def __init__(self, vocab, device: torch.device, stop_columns: dict[int, _StopColumns] | None = None):
+    def __init__(self, vocab, device: torch.device, stop_columns: dict[int, StopColumns] | None = None):
         self.vocab = vocab
         self.device = device
         self.stop_columns = stop_columns or {}
@@ -110,46 +110,12 @@ class _Distributions:
 
     def _compute(self, member: int, sampling: Sampling) -> torch.Tensor:
         logits = self.logits[member]
-        if isinstance(self.vocab, SharedVocab):
-            return transformed_probs(logits, sampling).to(self.device)
-        # Tokens with no surface text are removed before F, so top-k counts only real candidates.
+        if self.vocab.shared:
+            return in_ensemble_ids(logits, sampling).to(self.device)
         to_union = self.vocab.to_union(member, logits.device)
         if member in self.stop_columns:
             to_union = self.stop_columns[member].on(to_union)
-        logits = logits.masked_fill(to_union == self.vocab.size, float("-inf"))
-        probs = transformed_probs(logits, sampling)
-        union = probs.new_zeros(probs.shape[0], self.vocab.size + 1)
-        union.scatter_add_(1, to_union.expand_as(probs), probs)
-        return union[:, : self.vocab.size].to(self.device)
-
-
-class _StopColumns:
-    """Which of a member's ids end which rows, besides its EOS: special tokens named as stop strings."""
-
-    def __init__(self, rows: list[frozenset[int]], size: int):
-        self.mask = torch.zeros(len(rows), size, dtype=torch.bool)
-        for b, ids in enumerate(rows):
-            self.mask[b, sorted(i for i in ids if i < size)] = True
-        self._maps: dict[str, torch.Tensor] = {}
-
-    @classmethod
-    def build(cls, transcript, vocab, members: list[Member]) -> dict[int, _StopColumns]:
-        if vocab.shared:  # the transcript stops on the sampled token itself
-            return {}
-        built = {}
-        for i, (member, rows) in enumerate(zip(members, transcript.stop_token_ids)):
-            rows = [ids - member.eos_ids for ids in rows]  # EOS ids already map to the union's EOS
-            if any(rows):
-                built[i] = cls(rows, vocab.member_size(i))
-        return built
-
-    def on(self, to_union: torch.Tensor) -> torch.Tensor:
-        """The member's map to the union [V], widened to [B, V] with the stop tokens sent to EOS."""
-        key = str(to_union.device)
-        if key not in self._maps:
-            mask = self.mask.to(to_union.device)
-            self._maps[key] = torch.where(mask, torch.full_like(to_union, UnionVocab.EOS), to_union)
-        return self._maps[key]
+        return in_ensemble_ids(logits, sampling, to_union, self.vocab.size).to(self.device)
 
 
 @dataclass
@@ -178,22 +144,25 @@ class Decoder:
         batch_index: int = 0,
         room: int = 0,
         top_logits: int | None = None,
+        members_draw: bool = False,
     ):
         """`room`: how many tokens the driver may append; a prompt that leaves a member less than that
         of its context loses its first tokens (with a warning), as lm-eval's own models do. `top_logits`:
         the driver reads only the top that many of each F_i(P_i) (Strategy.logits_needed), so a member may
-        return only its largest logits (the others as -inf)."""
+        return only its largest logits (the others as -inf). `members_draw`: the driver calls `step_drawn`, in
+        which each row's one member draws the row's token itself (Strategy.one_member_per_row)."""
         self._clock = _StepClock(len(prompts))
         self.members, self.vocab, self.strategy = ensemble.members, ensemble.vocab, ensemble.strategy
         self.sampling = sampling
         self.transcript = prepare_transcript(ensemble, prompts, until, room)
-        self._stop_columns = _StopColumns.build(self.transcript, self.vocab, self.members)
+        self._stop_columns = StopColumns.build(self.transcript, self.vocab, self.members)
         self.caches = [
             m.new_cache(
                 self.transcript.prompt_lengths(i),
                 _pad_id(m),
                 self.vocab.member_size(i),
                 self.largest_logits(i, top_logits),
+                self._member_draw(i) if members_draw else None,
             )
             for i, m in enumerate(self.members)
         ]
@@ -214,6 +183,26 @@ class Decoder:
             dist[finished] = 0.0
             dist[finished, 0] = 1.0  # finished rows draw a dummy token that is ignored
         return Step(dist, outputs, routing, active)
+
+    def step_drawn(self, u: torch.Tensor | None) -> torch.Tensor:
+        """A step of a strategy that routes each row to one member: route, and let each routed member draw its
+        rows' tokens from its own F(P) with the rows' uniform numbers u [B, 1] (None: greedy), the same tokens
+        `step` and a draw of its result give. Returns a token per row (0 for finished rows, which `append`
+        ignores)."""
+        self._clock.step_started(self._prompt_tokens())
+        active = torch.tensor([not d for d in self.transcript.done])
+        routing = self.strategy.route(StepContext(self.steps_taken, active, self.weights, self.routing_rng))
+        routing[~active] = 0.0
+        started = []  # every routed member starts before any is waited for, as in `step`
+        for i, cache in enumerate(self.caches):
+            rows = routing[:, i] > 0
+            if rows.any():
+                row_u = None if u is None else u[rows.to(u.device)]
+                started.append((rows, cache.begin_draw(self.transcript.target_ids(i), rows.tolist(), row_u)))
+        tokens = torch.zeros(active.shape[0], dtype=torch.long)
+        for rows, result in started:
+            tokens[rows] = result().cpu()
+        return tokens
 
     def append(self, tokens: list[int]) -> None:
         """Write one token per row (ignored for finished rows). `tokens` is a host list, so the step's
@@ -252,6 +241,12 @@ class Decoder:
         stops = self._stop_columns[member].mask.any(dim=0) if member in self._stop_columns else torch.zeros_like(never)
         stopping = int((never & stops).sum())
         return Largest(top + stopping + TIED_AT_THE_EDGE, tuple((never & ~stops).nonzero().flatten().tolist()))
+
+    def _member_draw(self, member: int) -> MemberDraw:
+        if self.vocab.shared:
+            return MemberDraw(self.sampling)
+        to_union = self.vocab.to_union(member, "cpu")
+        return MemberDraw(self.sampling, self.vocab.size, to_union, self._stop_columns.get(member))
 
     def _run_routed_members(self, ctx: StepContext) -> tuple[MemberOutputs, torch.Tensor]:
         """Route, run the routed members for their rows, let the strategy route again having seen those

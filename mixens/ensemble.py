@@ -15,7 +15,7 @@ from mixens.decoding import SAMPLING_STREAM, Decoder, GenerationStats, stream_se
 from mixens.errors import ConfigError
 from mixens.faults import raise_if_stopped
 from mixens.members import Member, hub_access, in_memory_member, in_memory_spec, load_member
-from mixens.sampling import Sampling, check_decoding_budget, pick
+from mixens.sampling import Sampling, check_decoding_budget, pick, uniforms
 from mixens.spec import ModelSpec, normalized_weights, validate_members
 from mixens.strategies import Strategy, build_strategy
 from mixens.token_record import TokenRecord, TokenRecorder
@@ -160,19 +160,23 @@ class Ensemble:
             from mixens import vllm_decoding
 
             return vllm_decoding.decode(self, prompts, until, sampling, max_new_tokens, seed, batch_index, finished)
-        # A token record reads whole distributions; greedy in a union of vocabularies adds up the ids that share
-        # a text, so its argmax can come from below a member's top logits.
-        sparse = recorder is None and (sampling.do_sample or self.vocab.shared)
-        top = self.strategy.logits_needed(sampling) if sparse else None
-        decoder = Decoder(self, prompts, until, sampling, seed, batch_index, room=max_new_tokens, top_logits=top)
+        # A token record reads the whole step: every member's distribution and the combined one.
+        members_draw = recorder is None and self.strategy.one_member_per_row
+        top = self.strategy.logits_needed(sampling) if recorder is None else None
+        decoder = Decoder(
+            self, prompts, until, sampling, seed, batch_index, max_new_tokens, top_logits=top, members_draw=members_draw
+        )
         rng = torch.Generator(device=decoder.home).manual_seed(stream_seed(seed, SAMPLING_STREAM, batch_index))
         told = 0
         for _ in range(max_new_tokens):
             raise_if_stopped()
-            step = decoder.step()
-            picked = pick(step.dist, sampling, rng)
-            if recorder is not None:
-                recorder.add(step, picked)
+            if members_draw:
+                picked = decoder.step_drawn(uniforms(len(prompts), rng, decoder.home) if sampling.do_sample else None)
+            else:
+                step = decoder.step()
+                picked = pick(step.dist, sampling, rng)
+                if recorder is not None:
+                    recorder.add(step, picked)
             decoder.append(picked.tolist())
             if finished is not None and (now := decoder.finished_rows()) > told:
                 finished(now - told)

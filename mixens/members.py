@@ -12,6 +12,7 @@ from mixens.cache import Largest, MemberCache
 from mixens.chat import as_messages
 from mixens.errors import ConfigError
 from mixens.hub import check_hub_reachable, hub_offline, hub_unreachable, is_hub_id, is_network_failure
+from mixens.member_draw import MemberDraw
 from mixens.spec import IN_MEMORY, ModelSpec
 
 log = logging.getLogger(__name__)
@@ -32,10 +33,18 @@ class Member:
     def name(self) -> str:
         return self.spec.name
 
-    def new_cache(self, prompt_lengths: list[int], pad_id: int, logit_size: int, largest: Largest | None = None):
-        """A KV cache over one batch's rows (mixens.cache); a member in a Ray actor keeps it there, and sends
-        back only the `largest` logits of each row when asked. Here they are all at hand."""
-        return MemberCache(self.model, self.device, prompt_lengths, pad_id, logit_size)
+    def new_cache(
+        self,
+        prompt_lengths: list[int],
+        pad_id: int,
+        logit_size: int,
+        largest: Largest | None = None,
+        draw: MemberDraw | None = None,
+    ):
+        """A KV cache over one batch's rows (mixens.cache) that draws its rows' tokens with `draw` when asked
+        (begin_draw). A member in a Ray actor keeps it there, and sends back only the `largest` logits of each
+        row when asked; here they are all at hand."""
+        return MemberCache(self.model, self.device, prompt_lengths, pad_id, logit_size, draw)
 
     def continuation_logits(self, contexts, token_lists, group_of) -> torch.Tensor:
         """Logits that predict each continuation token (mixens.likelihood.continuation_logits)."""

@@ -6,9 +6,11 @@ set, a local Ray instance starts). The process that drives decoding keeps only t
 configs. Each step, it sends a routed member only the tokens each row gained since that member last ran
 (the catch-up span, usually one token); the member's KV cache never leaves its actor. What comes back is
 the next-token logits of the rows the member ran for, which the strategy combines here, so every strategy,
-tokenizer pairing and seed gives the same text as with the member in this process. When the draw depends
-only on each member's largest logits (top-k sampling, or a greedy mixture: Strategy.logits_needed), only
-those come back, with their ids: tens of numbers per row instead of a whole vocabulary (mixens.cache.Largest).
+tokenizer pairing and seed gives the same text as with the member in this process. Where one member writes
+each row (mixture, single), the member draws the row's token in its actor with the uniform number this
+process sends (mixens.member_draw): one id comes back per row. Where the draw depends only on each member's
+largest logits (averaging under top-k: Strategy.logits_needed), only those come back, with their ids: tens of
+numbers per row instead of a whole vocabulary (mixens.cache.Largest).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import torch
 
 from mixens.cache import FeedStats, Largest, MemberCache, common_prefix
 from mixens.errors import ConfigError
+from mixens.member_draw import MemberDraw
 from mixens.members import Member, load_member
 from mixens.spec import ModelSpec
 
@@ -45,8 +48,16 @@ class MemberActor:
                 "dtype": model.dtype, "parameters": model.num_parameters(), "eos_ids": self.member.eos_ids,
                 "device": str(self.member.device), "node": ray.util.get_node_ip_address()}  # fmt: skip
 
-    def open(self, key: int, prompt_lengths: list[int], pad_id: int, logit_size: int, largest: Largest | None) -> None:
-        self.caches[key] = self.member.new_cache(prompt_lengths, pad_id, logit_size)
+    def open(
+        self,
+        key: int,
+        prompt_lengths: list[int],
+        pad_id: int,
+        logit_size: int,
+        largest: Largest | None,
+        draw: MemberDraw | None,
+    ) -> None:
+        self.caches[key] = self.member.new_cache(prompt_lengths, pad_id, logit_size, draw=draw)
         if largest is not None:
             self.largest[key] = (
                 largest.count,
@@ -62,8 +73,7 @@ class MemberActor:
         in row order, and the cache's counts. When the cache was opened with `largest`, the logits are each
         row's largest, as (values, ids)."""
         cache = self.caches[key]
-        targets = [[] if span is None else cache.rows[b].ids[: span[0]] + span[1] for b, span in enumerate(spans)]
-        active = [span is not None for span in spans]
+        targets, active = self._targets(cache, spans)
         result = cache.advance(targets, active, hidden=hidden)
         logits, state = result if hidden else (result, None)
         rows = torch.tensor([b for b, on in enumerate(active) if on], dtype=torch.long, device=logits.device)
@@ -74,8 +84,21 @@ class MemberActor:
             picked = picked.cpu()
         return picked, None if state is None else state.index_select(0, rows).cpu(), cache.stats
 
+    def draw(self, key: int, spans: list[tuple[int, list[int]] | None], u: torch.Tensor | None):
+        """Rows with a span advance and draw their tokens with their uniform numbers u (None: greedy); returns
+        the tokens in row order, and the cache's counts."""
+        cache = self.caches[key]
+        targets, active = self._targets(cache, spans)
+        return cache.begin_draw(targets, active, u)().cpu(), cache.stats
+
     def continuation_logits(self, contexts, token_lists, group_of) -> torch.Tensor:
         return self.member.continuation_logits(contexts, token_lists, group_of).cpu()
+
+    @staticmethod
+    def _targets(cache: MemberCache, spans) -> tuple[list[list[int]], list[bool]]:
+        """Each row's target ids, from its span (how many cached ids it keeps, the new ids), and which rows run."""
+        targets = [[] if span is None else cache.rows[b].ids[: span[0]] + span[1] for b, span in enumerate(spans)]
+        return targets, [span is not None for span in spans]
 
 
 def largest_of(logits: torch.Tensor, count: int, excluded: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -109,6 +132,7 @@ class Traffic:
 
     ids_sent: int = 0  # the catch-up spans' token ids
     logits_received: int = 0  # logits of the rows that ran (a kept logit's id counted with it)
+    tokens_received: int = 0  # tokens drawn in the actor, one per row that ran
 
 
 @dataclass
@@ -118,9 +142,15 @@ class RemoteMember(Member):
     traffic: Traffic = field(default_factory=Traffic)
 
     def new_cache(
-        self, prompt_lengths: list[int], pad_id: int, logit_size: int, largest: Largest | None = None
+        self,
+        prompt_lengths: list[int],
+        pad_id: int,
+        logit_size: int,
+        largest: Largest | None = None,
+        draw: MemberDraw | None = None,
     ) -> RemoteCache:
-        return RemoteCache(self.name, self.model.actor, prompt_lengths, pad_id, logit_size, largest, self.traffic)
+        actor = self.model.actor
+        return RemoteCache(self.name, actor, prompt_lengths, pad_id, logit_size, largest, draw, self.traffic)
 
     def continuation_logits(self, contexts, token_lists, group_of) -> torch.Tensor:
         return answer(self.name, self.model.actor.continuation_logits.remote(contexts, token_lists, group_of))
@@ -157,6 +187,7 @@ class RemoteCache:
         pad_id: int,
         logit_size: int,
         largest: Largest | None = None,
+        draw: MemberDraw | None = None,
         traffic: Traffic | None = None,
     ):
         self.name, self.actor, self.key = name, actor, next(_cache_keys)
@@ -164,24 +195,15 @@ class RemoteCache:
         self.traffic = traffic if traffic is not None else Traffic()
         self.sent: list[list[int]] = [[] for _ in prompt_lengths]  # the ids each row of the actor's cache holds
         self.stats = FeedStats()
-        # ordered before this actor's next call; the ids left out cross once per batch
-        actor.open.remote(self.key, prompt_lengths, pad_id, logit_size, largest)
+        # ordered before this actor's next call; the ids left out and the draw's id map cross once per batch
+        actor.open.remote(self.key, prompt_lengths, pad_id, logit_size, largest, draw)
 
     def advance(self, targets: list[list[int]], active: list[bool], hidden: bool = False):
         return self.begin_advance(targets, active, hidden)()
 
     def begin_advance(self, targets: list[list[int]], active: list[bool], hidden: bool = False):
         """Send the spans now; the returned call waits for the actor's logits (and hidden states)."""
-        spans = []
-        for b, (target, on) in enumerate(zip(targets, active)):
-            if not on:
-                spans.append(None)
-                continue
-            keep = common_prefix(self.sent[b], target)
-            spans.append((keep, list(target[keep:])))
-            self.traffic.ids_sent += len(target) - keep
-            self.sent[b] = list(target)
-        pending = self.actor.advance.remote(self.key, spans, hidden)
+        pending = self.actor.advance.remote(self.key, self._spans(targets, active), hidden)
         rows = torch.tensor([b for b, on in enumerate(active) if on], dtype=torch.long)
 
         def result():
@@ -198,6 +220,30 @@ class RemoteCache:
             return logits, state.new_zeros(len(targets), state.shape[-1]).index_copy_(0, rows, state)
 
         return result
+
+    def begin_draw(self, targets: list[list[int]], active: list[bool], u: torch.Tensor | None):
+        """Send the spans and the active rows' uniform numbers now; the returned call waits for their tokens."""
+        pending = self.actor.draw.remote(self.key, self._spans(targets, active), None if u is None else u.cpu())
+
+        def result():
+            tokens, self.stats = answer(self.name, pending)
+            self.traffic.tokens_received += tokens.numel()
+            return tokens
+
+        return result
+
+    def _spans(self, targets: list[list[int]], active: list[bool]) -> list[tuple[int, list[int]] | None]:
+        """Per row: None if it does not run, else how many ids the actor keeps and the ids it gains."""
+        spans = []
+        for b, (target, on) in enumerate(zip(targets, active)):
+            if not on:
+                spans.append(None)
+                continue
+            keep = common_prefix(self.sent[b], target)
+            spans.append((keep, list(target[keep:])))
+            self.traffic.ids_sent += len(target) - keep
+            self.sent[b] = list(target)
+        return spans
 
     def __del__(self):
         with contextlib.suppress(Exception):  # the actor or Ray may already be gone at exit

@@ -83,8 +83,19 @@ def pick(dist: torch.Tensor, sampling: Sampling, generator: torch.Generator) -> 
 
 
 def draw(dist: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """One draw per row of (unnormalised, non-negative) weights [B, V], by inverting the cumulative sum
-    with one uniform number per row.
+    """One draw per row of (unnormalised, non-negative) weights [B, V]."""
+    return invert_cdf(dist, uniforms(dist.shape[0], generator, dist.device))
+
+
+def uniforms(rows: int, generator: torch.Generator, device="cpu") -> torch.Tensor:
+    """The random numbers a draw reads, one per row [rows, 1]. Taken apart from the draw, they let whoever
+    computes a row's distribution draw its token (a member in a Ray actor: mixens.member_draw)."""
+    return torch.rand(rows, 1, generator=generator, device=device, dtype=torch.float64)
+
+
+def invert_cdf(dist: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """The draw of each row of weights [B, V] that its uniform number u [B, 1] (in [0, 1)) selects, by inverting
+    the cumulative sum.
 
     torch.multinomial on a CPU draws one random number per vocabulary entry: at batch 8 with a 49k
     vocabulary that costs more than a small model's whole forward pass. Here it is one pass of cumsum
@@ -92,7 +103,6 @@ def draw(dist: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     running sum over 100k+ entries.
     """
     cdf = dist.cumsum(dim=-1, dtype=torch.float64)
-    u = torch.rand(dist.shape[0], 1, generator=generator, device=dist.device, dtype=torch.float64)
     # searchsorted(right=True) returns the first index whose cdf exceeds u, so zero-weight ids are never hit.
     index = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)
     return index.squeeze(-1).clamp_max(dist.shape[-1] - 1)

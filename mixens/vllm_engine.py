@@ -144,7 +144,7 @@ class VllmMember(Member):
 
     engine_name = "vllm"
 
-    def new_cache(self, prompt_lengths: list[int], pad_id: int, logit_size: int, largest=None):
+    def new_cache(self, prompt_lengths: list[int], pad_id: int, logit_size: int, largest=None, draw=None):
         raise ConfigError(f"member {self.name} runs on vLLM, which mixens' step decoder cannot drive.")
 
     def continuation_logits(self, contexts, token_lists, group_of) -> torch.Tensor:

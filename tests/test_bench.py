@@ -106,6 +106,11 @@ def test_the_ray_pool_study_compares_the_same_generation_both_ways(tiny_models):
     found = measure_pool([tiny_models["bpe_a"], tiny_models["sp_c"]], "mixture", batch=4, tokens=8)
     assert torch.get_num_threads() == threads
     assert found["same_texts"] and found["same_work"]
-    # the study samples with top-k 20: each row that ran sends back its 20 largest logits and the margin for ties
-    assert found["ids_sent_per_token"] > 0 and found["logit_values_returned_per_token"] == 20 + TIED_AT_THE_EDGE
+    # under mixture the drawn member draws each token in its actor: one id back per token, no logits
+    assert found["ids_sent_per_token"] > 0 and found["logit_values_returned_per_token"] == 0
+    assert found["token_ids_returned_per_token"] == 1
+    found = measure_pool([tiny_models["bpe_a"], tiny_models["sp_c"]], "averaging", batch=4, tokens=8)
+    assert found["same_texts"] and found["same_work"] and found["token_ids_returned_per_token"] == 0
+    # the study samples with top-k 20: each member sends back its 20 largest logits and the margin for ties
+    assert found["logit_values_returned_per_token"] == 2 * (20 + TIED_AT_THE_EDGE)
     assert min(found["ms_per_token_in_process"], found["ms_per_token_ray_actors"]) > 0

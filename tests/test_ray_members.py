@@ -1,8 +1,10 @@
 """Members in Ray actors (CPU actors on a local Ray instance): the same texts, scores and counted work as the
-same members in this process, with only catch-up spans sent to the actors, and only the largest logits sent
-back when the draw depends on them alone."""
+same members in this process, with only catch-up spans sent to the actors, and only a token per row (where
+one member writes each row) or only the largest logits (where the draw depends on them alone) sent back."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 import ray
@@ -31,32 +33,38 @@ def pool(tiny_models, names, remote: bool) -> list[dict]:
 
 
 @pytest.mark.parametrize(
-    ("strategy", "names", "options", "largest_sampled", "largest_greedy"),
+    ("strategy", "names", "options", "back_sampled", "back_greedy"),
     [
-        # two tokenizers, per-row draws: catch-up spans; greedy adds up ids that share a text, so it needs all
-        ("mixture", ("bpe_a", "sp_c"), {"draw": "sequence"}, True, False),
-        ("mixture", ("bpe_a", "bpe_b"), {}, True, True),
-        ("averaging", ("bpe_a", "bpe_b"), {}, True, False),
+        # one member per row: it draws the row's token in its actor; two tokenizers, per-row draws: catch-up spans
+        ("mixture", ("bpe_a", "sp_c"), {"draw": "sequence"}, "token", "token"),
+        ("mixture", ("bpe_a", "bpe_b"), {}, "token", "token"),
+        # top-k sampling reads each member's k largest logits; greedy, the argmax of a sum, reads them all
+        ("averaging", ("bpe_a", "bpe_b"), {}, "largest", "all"),
         # a cascade: a second look per step, at a member's whole distribution
-        ("router", ("bpe_a", "bpe_b"), {"policy": "confidence", "threshold": 0.4}, False, False),
+        ("router", ("bpe_a", "bpe_b"), {"policy": "confidence", "threshold": 0.4}, "all", "all"),
     ],
 )
 def test_members_in_actors_write_the_same_texts_with_the_same_work(
-    local_ray, tiny_models, strategy, names, options, largest_sampled, largest_greedy
+    local_ray, tiny_models, strategy, names, options, back_sampled, back_greedy
 ):
     here = mixens.load_ensemble(pool(tiny_models, names, remote=False), strategy, **options)
     there = mixens.load_ensemble(pool(tiny_models, names, remote=True), strategy, **options)
     assert all(isinstance(m, RemoteMember) for m in there.members)
-    for do_sample, largest_only in ((True, largest_sampled), (False, largest_greedy)):
+    for do_sample, back in ((True, back_sampled), (False, back_greedy)):
         kwargs = dict(max_new_tokens=24, do_sample=do_sample, temperature=0.9, top_k=20, seed=5, batch_size=4)
-        before = [m.traffic.logits_received for m in there.members]
+        before = [dataclasses.replace(m.traffic) for m in there.members]
         expected, got = here.generate(PROMPTS, **kwargs), there.generate(PROMPTS, **kwargs)
         assert got.texts == expected.texts
         assert got.stats.members == expected.stats.members  # forward passes, catch-up and cropped tokens
         for i, (member, earlier) in enumerate(zip(there.members, before)):
             rows_ran, vocabulary = got.stats.members[member.name].row_passes, there.vocab.member_size(i)
-            per_row = (member.traffic.logits_received - earlier) / rows_ran
-            assert per_row < vocabulary / 4 if largest_only else per_row == vocabulary
+            logits = (member.traffic.logits_received - earlier.logits_received) / rows_ran
+            tokens = (member.traffic.tokens_received - earlier.tokens_received) / rows_ran
+            expected_back = {"token": (0, 1), "all": (vocabulary, 0)}.get(back)
+            if back == "largest":
+                assert 0 < logits < vocabulary / 4 and tokens == 0
+            else:
+                assert (logits, tokens) == expected_back
     assert sum(m.catchup_tokens for m in got.stats.members.values()) > 0 or strategy != "mixture"
     del there  # its actors leave the local Ray instance for the next test
 
@@ -65,7 +73,7 @@ def test_the_largest_logits_sent_back_hold_all_of_each_transformed_distribution(
     """In a union of vocabularies the ids with no surface text leave before top-k: the actor leaves them out
     before taking the largest, except one that a row names as a stop string (drawn there as EOS), for which
     one more is kept. So the few sent back give F_i(P_i) exactly, even when such ids hold the largest logits."""
-    ensemble = mixens.load_ensemble(pool(tiny_models, ("bpe_a", "sp_c"), remote=False), "mixture")
+    ensemble = mixens.load_ensemble(pool(tiny_models, ("bpe_a", "sp_c"), remote=False), "averaging")
     vocab, sampling = ensemble.vocab, Sampling(do_sample=True, temperature=0.9, top_k=5)
     never_drawn = [vocab.to_union(i, "cpu") == vocab.size for i in range(2)]
     assert [int(ids.sum()) > 1 for ids in never_drawn] == [False, True]  # sp_c's special tokens

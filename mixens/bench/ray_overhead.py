@@ -7,7 +7,8 @@ Two measurements, each both ways on one machine, one torch thread per process:
 
 The first is one member of a given shape (random weights, mixens.bench.members) decoding greedily with a
 key/value cache, token ids in and out of the actor: the floor of any actor design, with an empty actor
-call beside it. The second is a whole ensemble (mixens.ray_members: catch-up spans in, logits out) against
+call beside it. The second is a whole ensemble (mixens.ray_members: catch-up spans in; tokens drawn in the
+actors, or the largest logits, out) against
 the same members in process: the same seed and prompts, so the texts and the counted work must agree, and
 what differs is time and what crossed to and from the actors.
 """
@@ -90,14 +91,14 @@ PROMPTS = [
 ]
 
 
-def measure_pool(paths: list[str], strategy: str, batch: int, tokens: int, threads: int = 1) -> dict:
+def measure_pool(paths: list[str], strategy: str, batch: int, tokens: int, threads: int = 1, top_k: int = 20) -> dict:
     """The same sampled generation with the members in process and in Ray actors: time, work, traffic."""
     import ray
 
     import mixens
 
     prompts = PROMPTS * max(1, batch // len(PROMPTS))
-    settings = dict(max_new_tokens=tokens, do_sample=True, temperature=1.0, top_k=20, seed=0, batch_size=batch)
+    settings = dict(max_new_tokens=tokens, do_sample=True, temperature=1.0, top_k=top_k, seed=0, batch_size=batch)
     runs = {}
     before = torch.get_num_threads()
     torch.set_num_threads(threads)  # as many as each actor gets, for this measurement only
@@ -107,13 +108,14 @@ def measure_pool(paths: list[str], strategy: str, batch: int, tokens: int, threa
             actor = {"ray_actor": {"num_cpus": 1}} if where == "ray_actors" else {}
             ensemble = mixens.load_ensemble([{"path": p, "device": "cpu", **actor} for p in paths], strategy)
             ensemble.generate(prompts[:1], **{**settings, "max_new_tokens": 2})  # first-call costs out of the timing
-            received = [m.traffic.logits_received for m in ensemble.members if where == "ray_actors"]
+            traffic = [m.traffic for m in ensemble.members if where == "ray_actors"]
+            warm_up = received(traffic)
             cpu, wall = time.process_time(), time.perf_counter()
             result = ensemble.generate(prompts, **settings)
             runs[where] = {"texts": result.texts, "members": result.stats.members,
                            "wall_s": time.perf_counter() - wall, "driver_cpu_s": time.process_time() - cpu,
                            "tokens": result.stats.tokens_generated,
-                           "logits_received": sum(m.traffic.logits_received for m in ensemble.members if where == "ray_actors") - sum(received)}  # fmt: skip
+                           "received": {k: v - warm_up[k] for k, v in received(traffic).items()}}  # fmt: skip
             del ensemble  # its actors free their CPUs for the next run
     finally:
         torch.set_num_threads(before)
@@ -121,7 +123,7 @@ def measure_pool(paths: list[str], strategy: str, batch: int, tokens: int, threa
     here, there = runs["in_process"], runs["ray_actors"]
     members = there["members"]
     return {
-        "pool": paths, "strategy": strategy, "batch": batch, "new_tokens": tokens, "threads": threads,
+        "pool": paths, "strategy": strategy, "batch": batch, "new_tokens": tokens, "threads": threads, "top_k": top_k,
         "same_texts": here["texts"] == there["texts"],
         "same_work": here["members"] == members,
         "forward_passes": {name: s.forward_passes for name, s in members.items()},
@@ -129,8 +131,14 @@ def measure_pool(paths: list[str], strategy: str, batch: int, tokens: int, threa
         "ms_per_token_ray_actors": 1000 * there["wall_s"] / there["tokens"],
         "driver_cpu_s": {"in_process": here["driver_cpu_s"], "ray_actors": there["driver_cpu_s"]},
         "ids_sent_per_token": sum(s.prompt_tokens + s.generated_tokens for s in members.values()) / there["tokens"],
-        "logit_values_returned_per_token": there["logits_received"] / there["tokens"],
+        "logit_values_returned_per_token": there["received"]["logits"] / there["tokens"],
+        "token_ids_returned_per_token": there["received"]["tokens"] / there["tokens"],
     }  # fmt: skip
+
+
+def received(traffic: list) -> dict[str, int]:
+    """What came back from the actors so far (mixens.ray_members.Traffic): logits, and tokens drawn there."""
+    return {"logits": sum(t.logits_received for t in traffic), "tokens": sum(t.tokens_received for t in traffic)}
 
 
 def main() -> None:
@@ -142,9 +150,12 @@ def main() -> None:
     parser.add_argument("--pool", nargs="+", help="model paths: measure this ensemble instead of one random member")
     parser.add_argument("--strategy", default="mixture", help="with --pool: the strategy")
     parser.add_argument("--tokens", type=int, default=64, help="with --pool: new tokens per prompt")
+    parser.add_argument("--top-k", type=int, default=20, help="with --pool: the sampling top-k (0: off)")
     options = parser.parse_args()
     if options.pool:
-        found = measure_pool(options.pool, options.strategy, options.batch, options.tokens, options.threads)
+        found = measure_pool(
+            options.pool, options.strategy, options.batch, options.tokens, options.threads, options.top_k
+        )
     else:
         found = measure(options.size, options.batch, options.steps, options.threads)
     print(json.dumps(found, indent=2))

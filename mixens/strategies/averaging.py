@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from mixens.sampling import Sampling, transformed_distribution
-from mixens.strategies.base import MemberOutputs, StepContext, Strategy, largest_logits_needed
+from mixens.strategies.base import MemberOutputs, StepContext, Strategy
 
 
 class Averaging(Strategy):
@@ -14,7 +14,9 @@ class Averaging(Strategy):
     name = "averaging"
 
     def logits_needed(self, sampling: Sampling) -> int | None:
-        return largest_logits_needed(sampling, one_member_per_row=False)
+        # F_i(P_i) under top-k sampling depends on the k largest logits alone; the argmax of an average of
+        # members' distributions needs them whole.
+        return (sampling.top_k or None) if sampling.do_sample else None
 
     def route(self, ctx: StepContext) -> torch.Tensor:
         return ctx.weights.expand(ctx.active.shape[0], -1).clone()

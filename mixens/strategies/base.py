@@ -55,6 +55,9 @@ class Strategy:
     `from_options` when a user-facing option must be translated (a member's name, a file)."""
 
     name = "strategy"
+    # Whether `route` gives each row one member with weight 1 and nothing else changes it (no reroute, the
+    # default combine): each row's token is then a draw from that member alone, which it can make itself.
+    one_member_per_row = False
 
     def __init__(self, n_members: int, **options):
         if options:
@@ -111,14 +114,6 @@ class Strategy:
             part = routing[:, i : i + 1].to(dist) * dist  # routing lives on the CPU, dist maybe on a GPU
             total = part if total is None else total + part.to(total.device)
         return total
-
-
-def largest_logits_needed(sampling: Sampling, one_member_per_row: bool) -> int | None:
-    """F(P) under top-k sampling depends on the k largest logits alone; a greedy row written by one member
-    on its largest (an average of members' whole distributions needs them whole)."""
-    if sampling.do_sample:
-        return sampling.top_k or None
-    return 1 if one_member_per_row else None
 
 
 def one_hot_rows(choice: torch.Tensor, n_members: int) -> torch.Tensor:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from mixens.sampling import Sampling
-from mixens.strategies.base import StepContext, Strategy, largest_logits_needed, one_hot_rows
+from mixens.strategies.base import StepContext, Strategy, one_hot_rows
 
 DRAWS = ("batch", "sequence")
 
@@ -16,15 +15,13 @@ class Mixture(Strategy):
     distribution with rows independent, but most members then run at every step."""
 
     name = "mixture"
+    one_member_per_row = True
 
     def __init__(self, n_members: int, draw: str = "batch"):
         super().__init__(n_members)
         if draw not in DRAWS:
             raise ValueError(f"mixture draw '{draw}' is unknown; choose one of {', '.join(DRAWS)}")
         self.draw = draw
-
-    def logits_needed(self, sampling: Sampling) -> int | None:
-        return largest_logits_needed(sampling, one_member_per_row=True)
 
     def route(self, ctx: StepContext) -> torch.Tensor:
         rows = ctx.active.shape[0]

@@ -29,6 +29,8 @@ class RouterPolicy(Strategy):
 class RandomPolicy(RouterPolicy):
     """A member drawn by weight: the mixture, with the same draws from the same routing stream."""
 
+    one_member_per_row = True
+
     def __init__(self, n_members: int, draw: str = "batch"):
         super().__init__(n_members)
         self.mixture = Mixture(n_members, draw=draw)
@@ -221,6 +223,10 @@ class Router(Strategy):
                 )
         handover_member = names.index(handover) if handover in names else handover
         return cls(len(names), policy, index, threshold, criterion, handover_member, router, draw)
+
+    @property
+    def one_member_per_row(self) -> bool:
+        return self.policy.one_member_per_row
 
     def route(self, ctx: StepContext) -> torch.Tensor:
         return self.policy.route(ctx)

@@ -6,12 +6,12 @@ from collections.abc import Sequence
 
 import torch
 
-from mixens.sampling import Sampling
-from mixens.strategies.base import StepContext, Strategy, largest_logits_needed, one_hot_rows
+from mixens.strategies.base import StepContext, Strategy, one_hot_rows
 
 
 class Single(Strategy):
     name = "single"
+    one_member_per_row = True
 
     def __init__(self, n_members: int, member: int = 0):
         super().__init__(n_members)
@@ -31,9 +31,6 @@ class Single(Strategy):
 
     def restricted(self) -> Single:
         return Single(1, 0)
-
-    def logits_needed(self, sampling: Sampling) -> int | None:
-        return largest_logits_needed(sampling, one_member_per_row=True)
 
     def route(self, ctx: StepContext) -> torch.Tensor:
         rows = ctx.active.shape[0]
