@@ -21,6 +21,7 @@ import math
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -36,6 +37,9 @@ from mixens.vocab import UnionVocab
 if TYPE_CHECKING:
     from mixens.ensemble import Ensemble
 
+# The members' engines are called at once (each is a process of its own); False calls them in turn, which the
+# speed study measures beside it (mixens.bench.vllm_speed).
+ENGINES_AT_ONCE = True
 NO_SURFACE_BIAS = -100.0  # vLLM's lowest logit bias: e^-100 of the mass, so such a token is never drawn
 
 
@@ -96,9 +100,10 @@ class _Batch:
                 while self.written[b] + run < self.max_new_tokens and schedule[b, self.written[b] + run] == member:
                     run += 1
                 turns[int(member)].append((b, run))
-            for member, rows in sorted(turns.items()):
-                outputs = self._request(member, [b for b, _ in rows], [run for _, run in rows])
-                for (b, _), output in zip(rows, outputs):
+            members = sorted(turns)
+            calls = [(m, [b for b, _ in turns[m]], [run for _, run in turns[m]], None) for m in members]
+            for member, outputs in zip(members, self._requests(calls)):
+                for (b, _), output in zip(turns[member], outputs):
                     self._write(member, b, output.outputs[0])
             self._tell_finished()
 
@@ -125,8 +130,8 @@ class _Batch:
                 break
             # Each row's mixture lives on the few tokens some member's top-k holds: drawn among those alone.
             mixed: list[dict[int, float]] = [defaultdict(float) for _ in active]
-            for member, weight in enumerate(self.ensemble.weights):
-                outputs = self._request(member, active, [1] * len(active), logprobs=self.sampling.top_k)
+            calls = [(m, active, [1] * len(active), self.sampling.top_k) for m in range(len(self.members))]
+            for member, (weight, outputs) in enumerate(zip(self.ensemble.weights, self._requests(calls))):
                 for row, (b, output) in enumerate(zip(active, outputs)):
                     for token, logprob in output.outputs[0].logprobs[0].items():
                         mixed[row][self._to_ensemble(member, b, token)] += weight * math.exp(logprob.logprob)
@@ -151,7 +156,19 @@ class _Batch:
     def _writing(self, b: int) -> bool:
         return not self.transcript.done[b] and self.written[b] < self.max_new_tokens
 
-    def _request(self, member: int, rows: list[int], runs: list[int], logprobs: int | None = None):
+    def _requests(self, calls: list[tuple[int, list[int], list[int], int | None]]) -> list[list]:
+        """Each call (member, rows, runs, logprobs) on its member's engine, all engines at once: each engine is
+        a process of its own, so one computes while another's thread here waits. Outputs in call order; what
+        an engine returns depends only on its own requests, so the texts are those of calls in turn."""
+        requests = [self._request(*call) for call in calls]  # the bookkeeping, here in call order
+        # one engine is never called twice at once
+        if not ENGINES_AT_ONCE or len({id(engine) for engine, _, _ in requests}) < len(requests):
+            return [_generate(*request) for request in requests]
+        with ThreadPoolExecutor(max_workers=len(requests)) as engines:
+            return list(engines.map(lambda request: _generate(*request), requests))
+
+    def _request(self, member: int, rows: list[int], runs: list[int], logprobs: int | None):
+        """What the member's engine is asked for these rows, counted as fed; run by _generate."""
         from vllm.inputs import TokensPrompt
 
         targets = self.transcript.target_ids(member)
@@ -171,7 +188,7 @@ class _Batch:
         window = self.members[member].model.max_model_len
         prompts = [TokensPrompt(prompt_token_ids=targets[b][-(window - run) :]) for b, run in zip(rows, runs)]
         params = [self._params[member](b, run, logprobs) for b, run in zip(rows, runs)]
-        return self.members[member].model.engine.generate(prompts, params, use_tqdm=False)
+        return self.members[member].model.engine, prompts, params
 
     def _write(self, member: int, b: int, completion) -> None:
         """Append a member's run to row b's text, up to where the row ends."""
@@ -226,6 +243,10 @@ class _Batch:
             wall_seconds=wall,
             members={m.name: fed for m, fed in zip(self.members, self.fed)},
         )
+
+
+def _generate(engine, prompts, params) -> list:
+    return engine.generate(prompts, params, use_tqdm=False)
 
 
 class _ParamsFactory:

@@ -9,11 +9,14 @@ mixens.vllm_decoding; this module loads members, scores continuations from vLLM'
 from __future__ import annotations
 
 import atexit
+import contextlib
 import copy
 import logging
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
+from unittest import mock
 
 import torch
 
@@ -29,6 +32,7 @@ VLLM_STRATEGIES = ("single", "mixture", "averaging")
 CPU_BLOCK_SIZE = 32
 SETUP_HINT = "run `make vllm-setup` and use .venv-vllm/bin/python (vLLM needs its own environment)"
 PROMPT_LOGPROBS = 20  # top log-probabilities per continuation position, for scoring (VllmMember.continuation_logits)
+CPU_BINDING = "VLLM_CPU_OMP_THREADS_BIND"  # the cores a CPU engine computes on (vLLM's own default: "auto")
 
 
 @dataclass(frozen=True)
@@ -180,6 +184,17 @@ class VllmMember(Member):
         return torch.stack(rows)
 
 
+def engine_cores(index: int, members: int, cores) -> list[int]:
+    """The cores of member `index`'s engine on a CPU: this process's cores in `members` contiguous shares, or a
+    core each in turn when there are fewer cores than members. vLLM's own binding puts every engine on the
+    same cores, where engines called at once (mixens.vllm_decoding calls the members' engines together) take turns."""
+    cores = sorted(cores)
+    if len(cores) < members:
+        return [cores[index % len(cores)]]
+    share = len(cores) // members
+    return cores[index * share : (index + 1) * share]
+
+
 def load_vllm_member(spec: ModelSpec, index: int, options: VllmOptions, members_in_engine: int) -> VllmMember:
     from transformers import AutoConfig, AutoTokenizer, GenerationConfig
     from vllm import LLM
@@ -218,7 +233,18 @@ def load_vllm_member(spec: ModelSpec, index: int, options: VllmOptions, members_
     if options.block_size is not None or device.type == "cpu":
         engine_args["block_size"] = options.block_size or CPU_BLOCK_SIZE
     log.info("starting a vLLM engine for %s from %s (%s, %s)", spec.name, source, dtype, device)
-    engine = LLM(**engine_args)
+    binding = contextlib.nullcontext()
+    if (
+        device.type == "cpu"
+        and members_in_engine > 1
+        and options.tensor_parallel_size == 1
+        and CPU_BINDING not in os.environ
+    ):
+        cores = engine_cores(index, members_in_engine, os.sched_getaffinity(0))
+        log.info("%s's engine computes on cores %s (%s chooses others)", spec.name, cores, CPU_BINDING)
+        binding = mock.patch.dict(os.environ, {CPU_BINDING: ",".join(map(str, cores))})  # and restored after
+    with binding:  # read by the engine's process as it starts
+        engine = LLM(**engine_args)
     # Stopped while the interpreter is whole: left to vLLM's own finalizers at exit, a run that scored
     # log-likelihoods could end in "terminate called without an active exception" after its results.
     atexit.register(engine.llm_engine.engine_core.shutdown)

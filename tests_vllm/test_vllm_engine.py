@@ -4,19 +4,23 @@ stops hold across members' runs; lm-eval runs through it from the Hydra app and 
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
 import sys
+import time
 from collections import Counter
 
 import pytest
 from conftest import ENGINE, HUB_FIXTURE, REPO, load_tests_module, spec
 
 import mixens
+from mixens import vllm_decoding
 from mixens.ensemble import Ensemble
 from mixens.errors import ConfigError
 from mixens.strategies import build_strategy
+from mixens.vllm_engine import CPU_BINDING, engine_cores
 
 two_sample_chi_square = load_tests_module("test_equivalence").two_sample_chi_square
 PROMPTS = ["The capital of France is", "Question: what is 12 + 30?\nAnswer:"]
@@ -89,6 +93,36 @@ def test_the_same_seed_gives_the_same_texts(engines, strategy):
     runs = [ensemble.generate(PROMPTS * 4, max_new_tokens=12, seed=seed, **TOP5).texts for seed in (3, 3, 4)]
     assert runs[0] == runs[1]
     assert runs[0] != runs[2]
+
+
+@pytest.mark.parametrize("strategy", ["mixture", "averaging"])
+def test_the_members_engines_are_called_at_once_and_write_what_calls_in_turn_write(engines, monkeypatch, strategy):
+    ensemble = on_vllm(engines, PAIRS["shared"], strategy, **({"draw": "sequence"} if strategy == "mixture" else {}))
+    calls = []  # (start, end) of each engine call
+    generate = vllm_decoding._generate
+
+    def timed(*request):
+        start = time.perf_counter()
+        outputs = generate(*request)
+        calls.append((start, time.perf_counter()))
+        return outputs
+
+    monkeypatch.setattr(vllm_decoding, "_generate", timed)
+    settings = dict(max_new_tokens=12, seed=3, **TOP5)
+    at_once = ensemble.generate(PROMPTS * 4, **settings).texts
+    assert any(a[0] < b[1] and b[0] < a[1] for a, b in itertools.combinations(calls, 2))  # some calls overlapped
+
+    monkeypatch.setattr(vllm_decoding, "ENGINES_AT_ONCE", False)
+    calls.clear()
+    assert ensemble.generate(PROMPTS * 4, **settings).texts == at_once
+    assert not any(a[0] < b[1] and b[0] < a[1] for a, b in itertools.combinations(calls, 2))
+
+
+def test_each_members_engine_gets_its_own_share_of_the_cores(engines):
+    assert engine_cores(0, 2, {1, 0}) == [0] and engine_cores(1, 2, {0, 1}) == [1]
+    assert [engine_cores(i, 3, range(8)) for i in range(3)] == [[0, 1], [2, 3], [4, 5]]
+    assert [engine_cores(i, 3, [4, 5]) for i in range(3)] == [[4], [5], [4]]  # fewer cores than members
+    assert CPU_BINDING not in os.environ  # set only while each engine started (conftest's engines)
 
 
 def test_a_stop_string_ends_the_text_whichever_member_wrote_it(engines):

@@ -6,7 +6,9 @@ Each member's engine is started once; every strategy then samples the same promp
 so that averaging is exact on vLLM) with the same seed, first a short warm-up. Besides wall time it reports the
 process's CPU time and the work counted by the decoder (requests, engine calls, tokens re-read), and the two
 yardsticks of issue targets: the ideal mixture speed from the members' own speeds (a token of member i costs
-what it costs that member alone, 1 / sum_i(lambda_i / v_i)), and the time of n single-member decodes.
+what it costs that member alone, 1 / sum_i(lambda_i / v_i)), and the time of n single-member decodes. Mixture
+and averaging also run with the members' engines called one at a time, right after, to show what calling them
+at once gains.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ def timed(ensemble, prompts: list[str], tokens: int, batch: int) -> dict:
 
 def measure(paths: list[str], weights: list[float], batch: int, tokens: int, engine: dict) -> dict:
     import mixens
+    from mixens import vllm_decoding
     from mixens.ensemble import Ensemble
     from mixens.strategies import build_strategy
 
@@ -52,6 +55,11 @@ def measure(paths: list[str], weights: list[float], batch: int, tokens: int, eng
         runs[f"single:{name}"] = timed(Ensemble([member], build_strategy("single", [name], {})), prompts, tokens, batch)
     for strategy in ("mixture", "averaging"):
         runs[strategy] = timed(pool.with_strategy(strategy), prompts, tokens, batch)
+        vllm_decoding.ENGINES_AT_ONCE = False  # the same, with the members' engines called one at a time
+        try:
+            runs[f"{strategy}, engines in turn"] = timed(pool.with_strategy(strategy), prompts, tokens, batch)
+        finally:
+            vllm_decoding.ENGINES_AT_ONCE = True
     alone = [runs[f"single:{name}"] for name in names]
     ideal_mixture = 1 / sum(w / run["tokens_per_s"] for w, run in zip(pool.weights, alone))
     n_singles_s_per_token = sum(1 / run["tokens_per_s"] for run in alone)
@@ -62,6 +70,9 @@ def measure(paths: list[str], weights: list[float], batch: int, tokens: int, eng
         "mixture_over_ideal": runs["mixture"]["tokens_per_s"] / ideal_mixture,
         # averaging's time per token against the members' own, added up (n single decodes)
         "averaging_over_n_singles": 1 / runs["averaging"]["tokens_per_s"] / n_singles_s_per_token,
+        "engines_at_once_over_in_turn": {
+            s: runs[s]["tokens_per_s"] / runs[f"{s}, engines in turn"]["tokens_per_s"] for s in ("mixture", "averaging")
+        },
     }  # fmt: skip
 
 
