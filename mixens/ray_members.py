@@ -177,7 +177,8 @@ _cache_keys = itertools.count()
 
 
 class RemoteCache:
-    """MemberCache's interface for a cache kept in the member's actor: sends spans, receives logits."""
+    """MemberCache's interface for a cache kept in the member's actor: sends spans, receives logits or the
+    tokens drawn there."""
 
     def __init__(
         self,
