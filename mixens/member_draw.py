@@ -8,7 +8,7 @@ and the token is the one the driver would have drawn from the same logits.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -70,13 +70,17 @@ class MemberDraw:
     union_size: int = 0
     to_union: torch.Tensor | None = None  # [V] on the CPU; None when the vocabulary is shared
     stop_columns: StopColumns | None = None
+    _on_device: dict[str, torch.Tensor] = field(default_factory=dict, repr=False, compare=False)
 
     def tokens(self, logits: torch.Tensor, rows: list[int], u: torch.Tensor | None) -> torch.Tensor:
         """The tokens (ensemble ids) of batch rows `rows`, whose logits [len(rows), V] these are, drawn with
         their uniform numbers u [len(rows), 1] (mixens.sampling.uniforms), or greedily when u is None."""
         to_union = None
         if self.to_union is not None:
-            to_union = self.to_union.to(logits.device)
+            key = str(logits.device)
+            if key not in self._on_device:  # copied to the member's device once, not at every step
+                self._on_device[key] = self.to_union.to(logits.device)
+            to_union = self._on_device[key]
             if self.stop_columns is not None:
                 to_union = self.stop_columns.on(to_union)[rows]
         dist = in_ensemble_ids(logits, self.sampling, to_union, self.union_size)
